@@ -1,0 +1,365 @@
+import { Cluster, Redis, type RedisOptions } from 'ioredis'
+import { ConnectionError } from '../errors.js'
+import type { RedisAddress, RedkitEvents, TopologyKind } from '../events.js'
+import { CircuitBreaker } from './breaker.js'
+import { clusterOptions } from './cluster.js'
+import type { ResolvedConfig } from './config.js'
+import { backoff } from './retry.js'
+import { sentinelOptions } from './sentinel.js'
+
+/** Either kind of ioredis client. */
+export type RedisClient = Redis | Cluster
+
+/** A pub/sub message handler. `message` is the raw payload. */
+export type MessageHandler = (message: string, channel: string) => void
+
+const CONNECTION_MESSAGES =
+  /Command timed out|Connection is closed|Stream isn't writeable|max retries per request|ECONNREFUSED|ECONNRESET|EPIPE|ETIMEDOUT|EHOSTUNREACH|Failed to refresh slots cache|None of startup nodes is available|Cluster isn't ready|All sentinels are unreachable|Connection in subscriber mode/i
+const UNAVAILABLE_REPLIES = /^(LOADING|READONLY|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|NOREPLICAS)\b/
+
+/**
+ * True when `error` means Redis could not be reached or cannot serve right now (as opposed to a
+ * reply error such as WRONGTYPE, which is a bug in the caller).
+ */
+export function isConnectionError(error: unknown): boolean {
+  if (error instanceof ConnectionError) return true
+  if (!(error instanceof Error)) return false
+  if (error.name === 'MaxRetriesPerRequestError' || error.name === 'ClusterAllFailedError') return true
+  return CONNECTION_MESSAGES.test(error.message) || UNAVAILABLE_REPLIES.test(error.message)
+}
+
+/** Health of the kit's connection, as returned by `kit.health()`. */
+export interface HealthReport {
+  /** `'ok'` when a PING was answered within the command timeout. */
+  status: 'ok' | 'down'
+  kind: TopologyKind
+  /** State of the shared command connection (`ready`, `connecting`, `reconnecting`, `end`, ...). */
+  connection: string
+  /** Round trip of the PING in milliseconds (absent when down). */
+  latencyMs?: number
+  /** Replication role of the server answering commands (`master`/`slave`); for Cluster, `cluster`. */
+  role?: string
+  /** For Sentinel (and standalone): the server the command connection talks to. */
+  master?: RedisAddress
+  /** For Cluster: the number of master nodes known. */
+  masters?: number
+  breaker: 'open' | 'closed' | 'off'
+  /** Why the check failed. */
+  error?: string
+}
+
+/**
+ * Owns every Redis connection of a kit: one auto-pipelined command connection shared by all
+ * modules, and dedicated connections (pub/sub subscriber, blocking commands) created on first use.
+ * Modules run their commands through {@link ConnectionHub.exec}, which applies the circuit breaker
+ * and turns connection failures into `ConnectionError`.
+ */
+export class ConnectionHub {
+  readonly kind: TopologyKind
+  /** The shared command client. */
+  readonly client: RedisClient
+  /** False when the app passed its own client: then `close()` leaves it open. */
+  readonly owned: boolean
+  readonly commandTimeoutMs: number
+  readonly #events: RedkitEvents
+  readonly #breaker: CircuitBreaker | null
+  readonly #dedicated = new Map<string, RedisClient>()
+  readonly #handlers = new Map<string, Set<MessageHandler>>()
+  readonly #closeHooks: Array<() => unknown> = []
+  #closing: Promise<void> | null = null
+  #master: RedisAddress | undefined
+
+  constructor(config: ResolvedConfig, events: RedkitEvents) {
+    this.#events = events
+    this.commandTimeoutMs = config.commandTimeoutMs
+    this.#breaker = config.breaker
+      ? new CircuitBreaker(config.breaker.threshold, config.breaker.cooldownMs, (state, failures) =>
+          events.emit('breaker', { state, failures }),
+        )
+      : null
+    const topology = config.topology
+    this.kind = topology.kind
+    if ('client' in topology) {
+      this.client = topology.client
+      this.owned = false
+    } else {
+      this.owned = true
+      const common: RedisOptions = {
+        commandTimeout: config.commandTimeoutMs,
+        connectTimeout: config.connectTimeoutMs,
+        retryStrategy: backoff(config.maxRetryDelayMs),
+        enableAutoPipelining: true,
+        connectionName: `${config.prefix}:redkit`,
+      }
+      if (topology.kind === 'cluster') {
+        this.client = new Cluster(topology.nodes, clusterOptions(topology.options, common, config))
+      } else if (topology.kind === 'sentinel') {
+        this.client = new Redis(sentinelOptions(topology.options, common, config))
+      } else {
+        this.client = new Redis({ ...common, ...topology.options })
+      }
+    }
+    this.#watch(this.client, 'command')
+  }
+
+  /**
+   * Runs one Redis operation for a module: refused at once while the circuit is open, and any
+   * connection failure comes back as `ConnectionError` (reply errors pass through unchanged).
+   *
+   * @example
+   * const value = await hub.exec((redis) => redis.get(key))
+   */
+  exec<T>(operation: (client: RedisClient) => Promise<T>): Promise<T> {
+    if (this.#closing)
+      return Promise.reject(new ConnectionError('The redkit kit is closed; create a new one.'))
+    const breaker = this.#breaker
+    if (breaker && !breaker.allow()) {
+      return Promise.reject(
+        new ConnectionError(
+          `Redis is unavailable (circuit open after ${breaker.threshold} failures); retrying in the background.`,
+        ),
+      )
+    }
+    let promise = operation(this.client)
+    // ioredis Cluster queues commands without a timeout while no node is reachable.
+    if (this.kind === 'cluster') promise = withTimeout(promise, this.commandTimeoutMs)
+    return promise.then(
+      (value) => {
+        breaker?.success()
+        return value
+      },
+      (error: unknown) => {
+        throw this.#failure(error)
+      },
+    )
+  }
+
+  /** Counts a failure for the breaker and wraps connection failures in `ConnectionError`. */
+  #failure(error: unknown): unknown {
+    if (!isConnectionError(error)) {
+      this.#breaker?.success()
+      return error
+    }
+    this.#breaker?.failure()
+    if (error instanceof ConnectionError) return error
+    return new ConnectionError(`Redis did not answer: ${(error as Error).message}.`, { cause: error })
+  }
+
+  /** State of the circuit breaker. */
+  get breakerState(): 'open' | 'closed' | 'off' {
+    return this.#breaker?.state ?? 'off'
+  }
+
+  /**
+   * A dedicated connection for `purpose` (for example `'subscriber'` or `'blocking'`), created on
+   * first use from the command connection's settings, reused afterwards, closed by `close()`.
+   */
+  dedicated(purpose: string): RedisClient {
+    let client = this.#dedicated.get(purpose)
+    if (!client) {
+      if (this.#closing) throw new ConnectionError('The redkit kit is closed; create a new one.')
+      client = duplicate(this.client, purpose)
+      this.#dedicated.set(purpose, client)
+      this.#watch(client, purpose)
+    }
+    return client
+  }
+
+  /**
+   * Subscribes `handler` to `channel` on the shared subscriber connection. Many handlers may share
+   * one channel; the returned function unsubscribes this handler.
+   */
+  async subscribe(channel: string, handler: MessageHandler): Promise<() => Promise<void>> {
+    const subscriber = this.dedicated('subscriber')
+    let handlers = this.#handlers.get(channel)
+    if (!handlers) {
+      handlers = new Set()
+      this.#handlers.set(channel, handlers)
+      if (this.#handlers.size === 1) {
+        subscriber.on('message', (ch: string, message: string) => {
+          for (const h of this.#handlers.get(ch) ?? []) {
+            try {
+              h(message, ch)
+            } catch (error) {
+              this.#events.emit('error', { error: error as Error, connection: 'subscriber' })
+            }
+          }
+        })
+      }
+      await subscriber.subscribe(channel)
+    }
+    handlers.add(handler)
+    return async () => {
+      const set = this.#handlers.get(channel)
+      if (!set?.delete(handler) || set.size > 0) return
+      this.#handlers.delete(channel)
+      if (subscriber.status === 'ready') await subscriber.unsubscribe(channel).catch(() => undefined)
+    }
+  }
+
+  /** Registers work to run at the start of `close()`, while connections are still open (flushes). */
+  onClose(hook: () => unknown): void {
+    this.#closeHooks.push(hook)
+  }
+
+  /** True once `close()` was called. */
+  get closed(): boolean {
+    return this.#closing !== null
+  }
+
+  /**
+   * Runs close hooks, then closes every connection the hub owns after their in-flight commands
+   * have been answered (bounded by the command timeout). Safe to call more than once.
+   */
+  close(): Promise<void> {
+    this.#closing ??= this.#close()
+    return this.#closing
+  }
+
+  async #close(): Promise<void> {
+    for (const hook of this.#closeHooks) {
+      try {
+        await hook()
+      } catch (error) {
+        this.#events.emit('error', { error: error as Error, connection: 'close' })
+      }
+    }
+    const clients = [...this.#dedicated.values()]
+    if (this.owned) clients.push(this.client)
+    await Promise.all(clients.map((client) => this.#end(client)))
+    this.#dedicated.clear()
+    this.#handlers.clear()
+  }
+
+  async #end(client: RedisClient): Promise<void> {
+    if (client.status === 'ready') {
+      // QUIT is answered after every command sent before it, so in-flight work completes.
+      await withTimeout(client.quit(), this.commandTimeoutMs).catch(() => undefined)
+    }
+    // disconnect() also ends the sentinel connections of the failover detector, which QUIT leaves
+    // open (they would keep the process alive).
+    client.disconnect()
+  }
+
+  /** Connected state, role, ping latency and, for Sentinel, the current master. */
+  async health(): Promise<HealthReport> {
+    const report: HealthReport = {
+      status: 'down',
+      kind: this.kind,
+      connection: this.client.status,
+      breaker: this.breakerState,
+    }
+    try {
+      const started = performance.now()
+      await withTimeout(this.client.ping(), this.commandTimeoutMs)
+      report.latencyMs = Math.round((performance.now() - started) * 1000) / 1000
+      report.status = 'ok'
+      if (isCluster(this.client)) {
+        report.role = 'cluster'
+        report.masters = (this.client as Cluster).nodes('master').length
+      } else {
+        const role = (await withTimeout(this.client.call('ROLE'), this.commandTimeoutMs)) as unknown[]
+        report.role = String(role[0])
+        report.master = this.#master ?? streamAddress(this.client)
+      }
+    } catch (error) {
+      report.error = (error as Error).message
+    }
+    report.connection = this.client.status
+    return report
+  }
+
+  #watch(client: RedisClient, purpose: string): void {
+    client.on('error', (error: Error) => this.#events.emit('error', { error, connection: purpose }))
+    if (purpose !== 'command') return
+    client.on('reconnecting', (delayMs: number) => this.#events.emit('reconnecting', { delayMs }))
+    client.on('ready', () => {
+      if (!isCluster(client)) dropSettledQueuedCommands(client)
+      this.#breaker?.success()
+      const address = isCluster(client) ? undefined : streamAddress(client)
+      if (this.kind === 'sentinel' && address) {
+        const from = this.#master
+        this.#master = address
+        if (from && (from.host !== address.host || from.port !== address.port)) {
+          this.#events.emit('failover', { from, to: address })
+        }
+      }
+      this.#events.emit('ready', address ? { kind: this.kind, address } : { kind: this.kind })
+    })
+  }
+}
+
+function duplicate(client: RedisClient, purpose: string): RedisClient {
+  // Dedicated connections never auto-pipeline (subscriber and blocking modes forbid it) and blocking
+  // commands must not hit the command timeout.
+  const override: RedisOptions = { enableAutoPipelining: false, connectionName: `${purpose}` }
+  if (purpose !== 'subscriber') override.commandTimeout = undefined
+  if (isCluster(client)) {
+    const cluster = client
+    return cluster.duplicate(undefined, {
+      enableAutoPipelining: false,
+      redisOptions: { ...cluster.options.redisOptions, ...override },
+    })
+  }
+  const redis = client
+  return redis.duplicate({
+    ...override,
+    connectionName: `${redis.options.connectionName ?? 'redkit'}:${purpose}`,
+  })
+}
+
+/** True for an ioredis Cluster client (also from another copy of ioredis). */
+export function isCluster(client: RedisClient): client is Cluster {
+  return (client as { isCluster?: boolean }).isCluster === true
+}
+
+function streamAddress(client: Redis): RedisAddress | undefined {
+  const stream = (client as unknown as { stream?: { remoteAddress?: string; remotePort?: number } }).stream
+  if (!stream?.remoteAddress || !stream.remotePort) return undefined
+  return { host: stream.remoteAddress.replace(/^::ffff:/, ''), port: stream.remotePort }
+}
+
+interface QueuedItem {
+  command: { isSettled?: boolean }
+}
+interface CommandQueue {
+  length: number
+  toArray(): QueuedItem[]
+  clear(): void
+  push(item: QueuedItem): void
+}
+
+/**
+ * A command that already failed with "Command timed out" while Redis was away is still in
+ * ioredis's offline queue and would be sent on reconnect: the caller was told it failed, yet it
+ * would run (a rate-limit point spent, an analytics batch counted twice). Dropping settled
+ * commands on `ready` (emitted before the queue is flushed) keeps "failed" meaning "not run".
+ */
+function dropSettledQueuedCommands(client: Redis): void {
+  const queue = (client as unknown as { offlineQueue?: CommandQueue }).offlineQueue
+  if (!queue || typeof queue.toArray !== 'function' || queue.length === 0) return
+  const pending = queue.toArray().filter((item) => !item.command?.isSettled)
+  if (pending.length === queue.length) return
+  queue.clear()
+  for (const item of pending) queue.push(item)
+}
+
+/** Rejects with "Command timed out" when `promise` takes longer than `ms`. */
+export function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('Command timed out')), ms)
+    promise.then(
+      (value) => {
+        clearTimeout(timer)
+        resolve(value)
+      },
+      (error: unknown) => {
+        clearTimeout(timer)
+        reject(error)
+      },
+    )
+  })
+}
+
+/** Hub options shared by the topology-specific builders. */
+export type CommonOptions = RedisOptions

@@ -1,0 +1,35 @@
+/**
+ * Every error redkit throws is a `RedkitError` with a stable `code`; match on `code`, not on the
+ * message. Subclasses add context fields.
+ */
+export class RedkitError extends Error {
+  static readonly code: string = 'E_REDKIT'
+  /** Stable, documented code such as `E_CONFIG` or `E_CONNECTION`. */
+  readonly code: string
+
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options)
+    this.name = new.target.name
+    this.code = (new.target as typeof RedkitError).code
+  }
+}
+
+/** Invalid or contradictory options, environment or config file. Thrown at creation time. */
+export class ConfigError extends RedkitError {
+  static override readonly code: string = 'E_CONFIG'
+  /** The option, environment variable or file field that is wrong. */
+  readonly field: string
+
+  constructor(field: string, problem: string, fix: string, options?: { cause?: unknown }) {
+    super(`Invalid redkit config: ${field} ${problem}; ${fix}.`, options)
+    this.field = field
+  }
+}
+
+/**
+ * Redis could not be reached in time (down, failing over, circuit open). Callers decide whether to
+ * fail open (caches) or closed (sessions, locks).
+ */
+export class ConnectionError extends RedkitError {
+  static override readonly code: string = 'E_CONNECTION'
+}
