@@ -123,15 +123,19 @@ export class ConnectionHub {
     let promise = operation(this.client)
     // ioredis Cluster queues commands without a timeout while no node is reachable.
     if (this.kind === 'cluster') promise = withTimeout(promise, this.commandTimeoutMs)
-    return promise.then(
-      (value) => {
-        breaker?.success()
-        return value
-      },
-      (error: unknown) => {
-        throw this.#failure(error)
-      },
-    )
+    return breaker
+      ? promise.then(this.#onSuccess as (v: T) => T, this.#onFailure)
+      : promise.then(undefined, this.#onFailure)
+  }
+
+  // Preallocated so that exec() allocates no closure per command.
+  readonly #onSuccess = <T>(value: T): T => {
+    this.#breaker?.success()
+    return value
+  }
+
+  readonly #onFailure = (error: unknown): never => {
+    throw this.#failure(error)
   }
 
   /** Counts a failure for the breaker and wraps connection failures in `ConnectionError`. */

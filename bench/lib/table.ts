@@ -1,0 +1,56 @@
+/** One measured case in one pass. */
+export interface Measurement {
+  name: string
+  pass: number
+  opsPerSec: number
+  /** CPU microseconds per operation in the process under test. */
+  cpuUsPerOp: number
+  p50Ms?: number
+  p99Ms?: number
+  /** Anything the case checked after the run (handler calls, keys), shown under the table. */
+  check?: string
+}
+
+const fmt = (n: number | undefined, digits = 0) =>
+  n === undefined || !Number.isFinite(n) ? '-' : n.toFixed(digits)
+
+/**
+ * Prints a Markdown table: per case and pass, ops/s, p50/p99, CPU µs/op, and two ratios against
+ * `baseline` measured in the same pass: throughput (ops/s ÷ baseline's) and CPU efficiency
+ * (baseline's µs/op ÷ this µs/op). Above 1.00 means better than the baseline.
+ */
+export function printTable(title: string, rows: Measurement[], baseline: string): void {
+  console.log(`\n### ${title}\n`)
+  console.log(
+    `| case | pass | ops/s | p50 ms | p99 ms | CPU µs/op | × ${baseline} (ops/s) | × ${baseline} (CPU) |`,
+  )
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- |')
+  for (const row of rows) {
+    const base = rows.find((r) => r.name === baseline && r.pass === row.pass)
+    const tput = base ? row.opsPerSec / base.opsPerSec : Number.NaN
+    const cpu = base ? base.cpuUsPerOp / row.cpuUsPerOp : Number.NaN
+    console.log(
+      `| ${row.name} | ${row.pass} | ${fmt(row.opsPerSec)} | ${fmt(row.p50Ms, 2)} | ${fmt(row.p99Ms, 2)} | ${fmt(row.cpuUsPerOp, 1)} | ${fmt(tput, 2)} | ${fmt(cpu, 2)} |`,
+    )
+  }
+  const checks = rows.filter((r) => r.check)
+  if (checks.length) {
+    console.log('\nChecks after each run:')
+    for (const r of checks) console.log(`- ${r.name} (pass ${r.pass}): ${r.check}`)
+  }
+}
+
+/** Runs `cases` twice, the second pass in reverse order, and returns every measurement. */
+export async function twoPasses<C extends { name: string }>(
+  cases: C[],
+  measure: (c: C, pass: number) => Promise<Measurement>,
+): Promise<Measurement[]> {
+  const rows: Measurement[] = []
+  for (const c of cases) rows.push(await measure(c, 1))
+  for (const c of [...cases].reverse()) rows.push(await measure(c, 2))
+  return rows.sort(
+    (a, b) =>
+      a.pass - b.pass ||
+      cases.findIndex((c) => c.name === a.name) - cases.findIndex((c) => c.name === b.name),
+  )
+}
