@@ -20,6 +20,11 @@ export interface RedkitEventMap {
   reconnecting: { delayMs: number }
   /** Sentinel reported a new master and the kit now talks to it. */
   failover: { from?: RedisAddress; to: RedisAddress }
+  /**
+   * One module operation through `hub.exec()` finished (measured only while someone listens):
+   * the source of the Redis command latency metric.
+   */
+  command: { durationMs: number; ok: boolean }
   /** The circuit breaker changed state. */
   breaker: { state: 'open' | 'closed'; failures: number }
 }

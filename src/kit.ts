@@ -25,6 +25,8 @@ export class Redkit {
     this.hub = new ConnectionHub(config, this.events)
   }
 
+  // Modules: each is created on first use, on this kit's hub. Add one lazy getter per module here.
+
   /** The shared, auto-pipelined command client, for the app's own commands. */
   get redis(): RedisClient {
     return this.hub.client

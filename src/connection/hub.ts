@@ -123,6 +123,7 @@ export class ConnectionHub {
     let promise = operation(this.client)
     // ioredis Cluster queues commands without a timeout while no node is reachable.
     if (this.kind === 'cluster') promise = withTimeout(promise, this.commandTimeoutMs)
+    if (this.#events.has('command')) promise = this.#timed(promise)
     return breaker
       ? promise.then(this.#onSuccess as (v: T) => T, this.#onFailure)
       : promise.then(undefined, this.#onFailure)
@@ -136,6 +137,21 @@ export class ConnectionHub {
 
   readonly #onFailure = (error: unknown): never => {
     throw this.#failure(error)
+  }
+
+  #timed<T>(promise: Promise<T>): Promise<T> {
+    const started = performance.now()
+    const report = (ok: boolean) => this.#events.emit('command', { durationMs: performance.now() - started, ok })
+    return promise.then(
+      (value) => {
+        report(true)
+        return value
+      },
+      (error: unknown) => {
+        report(false)
+        throw error
+      },
+    )
   }
 
   /** Counts a failure for the breaker and wraps connection failures in `ConnectionError`. */
