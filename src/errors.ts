@@ -33,3 +33,15 @@ export class ConfigError extends RedkitError {
 export class ConnectionError extends RedkitError {
   static override readonly code: string = 'E_CONNECTION'
 }
+
+/** A value cannot be encoded for the cache (function, symbol, circular structure) or stored bytes are not valid. */
+export class CodecError extends RedkitError {
+  static override readonly code: string = 'E_CODEC'
+  /** Where in the value the problem is (`$.items[2].fn`), when known. */
+  readonly path: string | undefined
+
+  constructor(message: string, options?: { cause?: unknown; path?: string }) {
+    super(message, options)
+    this.path = options?.path
+  }
+}

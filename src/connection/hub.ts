@@ -252,13 +252,25 @@ export class ConnectionHub {
   }
 
   async #end(client: RedisClient): Promise<void> {
+    // Auto-pipelined commands are written on the next turn of the event loop; let them go out
+    // before QUIT so that commands issued just before close() are answered, not refused.
+    await new Promise((resolve) => setImmediate(resolve))
+    const queued = (client as unknown as { offlineQueue?: { length: number } }).offlineQueue?.length ?? 0
+    if ((client.status === 'connecting' || client.status === 'connect') && queued > 0) {
+      // Commands queued while connecting are still owed an answer: give the connection the
+      // command timeout to become ready.
+      await withTimeout(new Promise((resolve) => client.once('ready', resolve)), this.commandTimeoutMs).catch(() => undefined)
+    }
     if (client.status === 'ready') {
       // QUIT is answered after every command sent before it, so in-flight work completes.
       await withTimeout(client.quit(), this.commandTimeoutMs).catch(() => undefined)
     }
     // disconnect() also ends the sentinel connections of the failover detector, which QUIT leaves
     // open (they would keep the process alive).
+    if (client.status === 'end') return
+    const ended = new Promise((resolve) => client.once('end', resolve))
     client.disconnect()
+    await withTimeout(ended, this.commandTimeoutMs).catch(() => undefined)
   }
 
   /** Connected state, role, ping latency and, for Sentinel, the current master. */
@@ -293,8 +305,10 @@ export class ConnectionHub {
     client.on('error', (error: Error) => this.#events.emit('error', { error, connection: purpose }))
     if (purpose !== 'command') return
     client.on('reconnecting', (delayMs: number) => this.#events.emit('reconnecting', { delayMs }))
+    // ioredis emits status events on the next tick: 'connect' still comes before the handshake
+    // reply that flushes the queues, 'ready' comes after it.
+    if (!isCluster(client)) client.on('connect', () => dropSettledQueuedCommands(client))
     client.on('ready', () => {
-      if (!isCluster(client)) dropSettledQueuedCommands(client)
       this.#breaker?.success()
       const address = isCluster(client) ? undefined : streamAddress(client)
       if (this.kind === 'sentinel' && address) {
@@ -353,15 +367,19 @@ interface CommandQueue {
  * A command that already failed with "Command timed out" while Redis was away is still in
  * ioredis's offline queue and would be sent on reconnect: the caller was told it failed, yet it
  * would run (a rate-limit point spent, an analytics batch counted twice). Dropping settled
- * commands on `ready` (emitted before the queue is flushed) keeps "failed" meaning "not run".
+ * commands on `connect` (before the handshake that flushes the queues) keeps "failed" meaning
+ * "not run".
  */
 function dropSettledQueuedCommands(client: Redis): void {
-  const queue = (client as unknown as { offlineQueue?: CommandQueue }).offlineQueue
-  if (!queue || typeof queue.toArray !== 'function' || queue.length === 0) return
-  const pending = queue.toArray().filter((item) => !item.command?.isSettled)
-  if (pending.length === queue.length) return
-  queue.clear()
-  for (const item of pending) queue.push(item)
+  const internals = client as unknown as { offlineQueue?: CommandQueue; prevCommandQueue?: CommandQueue | null }
+  // offlineQueue: never sent; prevCommandQueue: written to a socket that died before the reply.
+  for (const queue of [internals.offlineQueue, internals.prevCommandQueue]) {
+    if (!queue || typeof queue.toArray !== 'function' || queue.length === 0) continue
+    const pending = queue.toArray().filter((item) => !item.command?.isSettled)
+    if (pending.length === queue.length) continue
+    queue.clear()
+    for (const item of pending) queue.push(item)
+  }
 }
 
 /** Rejects with "Command timed out" when `promise` takes longer than `ms`. */

@@ -1,0 +1,207 @@
+import { Redis } from 'ioredis'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { ConnectionError, createRedkit, type Redkit, type RedkitEventMap } from '../../src/index.js'
+import { freePort, type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/redis-server.js'
+
+const prefix = uniquePrefix('standalone')
+let redis: StandaloneRedis
+
+function kitFor(extra: Parameters<typeof createRedkit>[0] = {}): Redkit {
+  return createRedkit({ redis: redis.url, prefix, configFile: false, env: {}, ...extra })
+}
+
+async function until<T>(fn: () => Promise<T>, timeoutMs: number): Promise<T> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    try {
+      return await fn()
+    } catch (error) {
+      if (Date.now() > deadline) throw error
+      await new Promise((r) => setTimeout(r, 50))
+    }
+  }
+}
+
+beforeAll(async () => {
+  redis = await startRedis()
+})
+afterAll(async () => {
+  await redis.stop()
+})
+
+describe('kit on a standalone server', () => {
+  it('shares one command client for modules and the app, with keys under the prefix', async () => {
+    const kit = kitFor()
+    const key = kit.keys.module('app').key('greeting')
+    expect(key).toBe(`${prefix}:app:greeting`)
+    await kit.redis.set(key, 'hello')
+    expect(await kit.hub.exec((r) => r.get(key))).toBe('hello')
+    expect(kit.redis).toBe(kit.hub.client)
+    await kit.close()
+  })
+
+  it('reports health: connected, role, latency, master address', async () => {
+    const kit = kitFor()
+    const health = await kit.health()
+    expect(health).toMatchObject({
+      status: 'ok',
+      kind: 'standalone',
+      connection: 'ready',
+      role: 'master',
+      master: { host: '127.0.0.1', port: redis.port },
+      breaker: 'closed',
+    })
+    expect(health.latencyMs).toBeGreaterThan(0)
+    await kit.close()
+  })
+
+  it('passes reply errors through unchanged and keeps the breaker closed', async () => {
+    const kit = kitFor({ breaker: { threshold: 1 } })
+    const key = kit.keys.module('app').key('not-a-list')
+    await kit.redis.set(key, 'x')
+    const error = await kit.hub.exec((r) => r.lpush(key, 'y')).catch((e: unknown) => e)
+    expect(error).not.toBeInstanceOf(ConnectionError)
+    expect((error as Error).message).toMatch(/WRONGTYPE/)
+    expect(kit.hub.breakerState).toBe('closed')
+    await kit.close()
+  })
+
+  it('creates dedicated connections lazily, reuses them and delivers pub/sub messages', async () => {
+    const kit = kitFor()
+    const clients = await kit.redis.client('LIST')
+    const before = String(clients).split('\n').filter(Boolean).length
+    const sub = kit.hub.dedicated('subscriber')
+    expect(kit.hub.dedicated('subscriber')).toBe(sub)
+    const channel = kit.keys.module('bus').key('test')
+    const received: string[] = []
+    const unsubscribe = await kit.hub.subscribe(channel, (message) => received.push(message))
+    const second: string[] = []
+    await kit.hub.subscribe(channel, (message) => second.push(message))
+    await kit.redis.publish(channel, 'one')
+    await until(async () => {
+      if (received.length === 0 || second.length === 0) throw new Error('not yet')
+    }, 3000)
+    expect(received).toEqual(['one'])
+    expect(second).toEqual(['one'])
+    await unsubscribe()
+    await kit.redis.publish(channel, 'two')
+    await until(async () => {
+      if (second.length < 2) throw new Error('not yet')
+    }, 3000)
+    expect(received).toEqual(['one'])
+    const after = String(await kit.redis.client('LIST')).split('\n').filter(Boolean).length
+    expect(after).toBe(before + 1)
+    await kit.close()
+  })
+
+  it('close() waits for in-flight commands, closes what it owns and is safe to call twice', async () => {
+    const kit = kitFor()
+    const key = kit.keys.module('app').key('counter')
+    const writes = Array.from({ length: 200 }, () => kit.redis.incr(key))
+    const closing = kit.close()
+    const results = await Promise.all(writes)
+    await closing
+    await kit.close()
+    expect(results.at(-1)).toBe(200)
+    expect(kit.redis.status).toBe('end')
+    await expect(kit.hub.exec((r) => r.get(key))).rejects.toBeInstanceOf(ConnectionError)
+    const check = new Redis(redis.url)
+    expect(await check.get(key)).toBe('200')
+    await check.quit()
+  })
+
+  it('leaves a client it does not own open', async () => {
+    const client = new Redis(redis.url)
+    await client.ping()
+    const kit = createRedkit({ redis: client, prefix, configFile: false, env: {} })
+    expect(kit.hub.owned).toBe(false)
+    kit.hub.dedicated('blocking')
+    await kit.close()
+    expect(client.status).toBe('ready')
+    expect(await client.ping()).toBe('PONG')
+    await client.quit()
+  })
+})
+
+describe('kit when Redis is down', () => {
+  it('does not throw at creation for an unreachable server and fails commands fast with ConnectionError', async () => {
+    const port = await freePort()
+    const errors: RedkitEventMap['error'][] = []
+    const kit = createRedkit({ redis: `redis://127.0.0.1:${port}`, prefix, configFile: false, env: {}, commandTimeout: 500 })
+    kit.on('error', (e) => errors.push(e))
+    const started = Date.now()
+    const error = await kit.hub.exec((r) => r.get('x')).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(ConnectionError)
+    expect((error as ConnectionError).code).toBe('E_CONNECTION')
+    expect(Date.now() - started).toBeLessThan(3000)
+    const health = await kit.health()
+    expect(health.status).toBe('down')
+    expect(health.error).toBeTruthy()
+    expect(errors.length).toBeGreaterThan(0)
+    await kit.close()
+  })
+
+  it('opens the circuit after repeated failures, then refuses at once', async () => {
+    const port = await freePort()
+    const states: string[] = []
+    const kit = createRedkit({
+      redis: `redis://127.0.0.1:${port}`,
+      prefix,
+      configFile: false,
+      env: {},
+      commandTimeout: 200,
+      breaker: { threshold: 2, cooldown: 60_000 },
+    })
+    kit.on('breaker', ({ state }) => states.push(state))
+    for (let i = 0; i < 2; i++) await kit.hub.exec((r) => r.get('x')).catch(() => undefined)
+    expect(kit.hub.breakerState).toBe('open')
+    const started = performance.now()
+    await expect(kit.hub.exec((r) => r.get('x'))).rejects.toThrow(/circuit open/)
+    expect(performance.now() - started).toBeLessThan(50)
+    expect(states).toEqual(['open'])
+    await kit.close()
+  })
+
+  it('fails fast while the server is killed and recovers by itself when it returns on the same port', async () => {
+    const own = await startRedis()
+    const kit = createRedkit({ redis: own.url, prefix, configFile: false, env: {}, breaker: { threshold: 3, cooldown: 200 } })
+    const key = kit.keys.module('app').key('survivor')
+    const events: string[] = []
+    kit.on('reconnecting', () => events.push('reconnecting'))
+    kit.on('ready', () => events.push('ready'))
+    await kit.hub.exec((r) => r.set(key, 'before'))
+
+    await own.server.kill('SIGKILL')
+    const started = Date.now()
+    const failures = await Promise.all(
+      Array.from({ length: 5 }, () => kit.hub.exec((r) => r.set(key, 'during')).catch((e: unknown) => e)),
+    )
+    for (const f of failures) expect(f).toBeInstanceOf(ConnectionError)
+    expect(Date.now() - started).toBeLessThan(3000)
+
+    await own.server.start()
+    const recovered = await until(() => kit.hub.exec((r) => r.set(key, 'after')), 10_000)
+    expect(recovered).toBe('OK')
+    expect(await kit.hub.exec((r) => r.get(key))).toBe('after')
+    expect(events).toContain('reconnecting')
+    expect(events.at(-1)).toBe('ready')
+    expect(kit.hub.breakerState).toBe('closed')
+    await kit.close()
+    await own.stop()
+  })
+
+  it('does not run a command later that already failed with a timeout while Redis was away', async () => {
+    const own = await startRedis()
+    const kit = createRedkit({ redis: own.url, prefix, configFile: false, env: {}, commandTimeout: 300, breaker: false })
+    const key = kit.keys.module('app').key('late')
+    await kit.hub.exec((r) => r.set(key, '0'))
+    await own.server.kill('SIGKILL')
+    await expect(kit.hub.exec((r) => r.incr(key))).rejects.toBeInstanceOf(ConnectionError)
+    await own.server.start()
+    await until(() => kit.hub.exec((r) => r.ping()), 10_000)
+    // The server restarted empty; the timed-out INCR must not have been replayed into it.
+    expect(await kit.hub.exec((r) => r.get(key))).toBeNull()
+    await kit.close()
+    await own.stop()
+  })
+})
