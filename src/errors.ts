@@ -45,3 +45,54 @@ export class CodecError extends RedkitError {
     this.path = options?.path
   }
 }
+
+/** Context of a lock error: which resource(s) and after how many acquisition attempts. */
+export interface LockErrorContext {
+  /** The resource, or the resources joined with `,`. */
+  resource: string
+  /** Acquisition attempts made (0 when the error is not about acquiring). */
+  attempts?: number
+  cause?: unknown
+}
+
+/** The resource is held by someone else (after every allowed retry). */
+export class LockBusyError extends RedkitError {
+  static override readonly code: string = 'E_LOCK_BUSY'
+  readonly resource: string
+  readonly attempts: number
+  /** Remaining lease of the current holder in ms, when Redis told us. */
+  readonly retryAfterMs: number | undefined
+
+  constructor(message: string, context: LockErrorContext & { retryAfterMs?: number }) {
+    super(message, { cause: context.cause })
+    this.resource = context.resource
+    this.attempts = context.attempts ?? 0
+    this.retryAfterMs = context.retryAfterMs
+  }
+}
+
+/** The lease ran out or was taken over: the holder must stop touching the protected resource. */
+export class LockLostError extends RedkitError {
+  static override readonly code: string = 'E_LOCK_LOST'
+  readonly resource: string
+  readonly attempts: number
+
+  constructor(message: string, context: LockErrorContext) {
+    super(message, { cause: context.cause })
+    this.resource = context.resource
+    this.attempts = context.attempts ?? 0
+  }
+}
+
+/** Redis could not be reached, or too few lock servers answered to form a quorum: fails closed. */
+export class LockUnavailableError extends RedkitError {
+  static override readonly code: string = 'E_LOCK_UNAVAILABLE'
+  readonly resource: string
+  readonly attempts: number
+
+  constructor(message: string, context: LockErrorContext) {
+    super(message, { cause: context.cause })
+    this.resource = context.resource
+    this.attempts = context.attempts ?? 0
+  }
+}
