@@ -141,7 +141,8 @@ export class ConnectionHub {
 
   #timed<T>(promise: Promise<T>): Promise<T> {
     const started = performance.now()
-    const report = (ok: boolean) => this.#events.emit('command', { durationMs: performance.now() - started, ok })
+    const report = (ok: boolean) =>
+      this.#events.emit('command', { durationMs: performance.now() - started, ok })
     return promise.then(
       (value) => {
         report(true)
@@ -259,7 +260,9 @@ export class ConnectionHub {
     if ((client.status === 'connecting' || client.status === 'connect') && queued > 0) {
       // Commands queued while connecting are still owed an answer: give the connection the
       // command timeout to become ready.
-      await withTimeout(new Promise((resolve) => client.once('ready', resolve)), this.commandTimeoutMs).catch(() => undefined)
+      await withTimeout(new Promise((resolve) => client.once('ready', resolve)), this.commandTimeoutMs).catch(
+        () => undefined,
+      )
     }
     if (client.status === 'ready') {
       // QUIT is answered after every command sent before it, so in-flight work completes.
@@ -267,7 +270,11 @@ export class ConnectionHub {
     }
     // disconnect() also ends the sentinel connections of the failover detector, which QUIT leaves
     // open (they would keep the process alive).
-    if (client.status === 'end') return
+    // Between attempts there is no socket: disconnect() only cancels the retry and no 'end' follows.
+    if (client.status === 'end' || client.status === 'reconnecting' || client.status === 'wait') {
+      client.disconnect()
+      return
+    }
     const ended = new Promise((resolve) => client.once('end', resolve))
     client.disconnect()
     await withTimeout(ended, this.commandTimeoutMs).catch(() => undefined)
@@ -371,7 +378,10 @@ interface CommandQueue {
  * "not run".
  */
 function dropSettledQueuedCommands(client: Redis): void {
-  const internals = client as unknown as { offlineQueue?: CommandQueue; prevCommandQueue?: CommandQueue | null }
+  const internals = client as unknown as {
+    offlineQueue?: CommandQueue
+    prevCommandQueue?: CommandQueue | null
+  }
   // offlineQueue: never sent; prevCommandQueue: written to a socket that died before the reply.
   for (const queue of [internals.offlineQueue, internals.prevCommandQueue]) {
     if (!queue || typeof queue.toArray !== 'function' || queue.length === 0) continue

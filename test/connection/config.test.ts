@@ -41,7 +41,11 @@ describe('config resolution', () => {
       password: 's@cret',
       db: 3,
     })
-    expect(parseRedisUrl('rediss://[::1]', 'redis')).toEqual({ host: '::1', port: 6379, tls: { servername: '::1' } })
+    expect(parseRedisUrl('rediss://[::1]', 'redis')).toEqual({
+      host: '::1',
+      port: 6379,
+      tls: { servername: '::1' },
+    })
   })
 
   it('rejects malformed URLs naming the field and what to write', () => {
@@ -65,7 +69,7 @@ describe('config resolution', () => {
       configFile: false,
     })
     expect(c.topology.kind).toBe('sentinel')
-    const options = (c.topology as { options: Record<string, unknown> }).options
+    const options = (c.topology as unknown as { options: Record<string, unknown> }).options
     expect(options.sentinels).toEqual([
       { host: '10.0.0.1', port: 26379 },
       { host: '::1', port: 26380 },
@@ -76,10 +80,16 @@ describe('config resolution', () => {
   })
 
   it('refuses Sentinels without a master name', () => {
-    const fromEnv = configError(() => resolveConfig({ env: { REDIS_SENTINELS: 'h:26379' }, configFile: false }))
+    const fromEnv = configError(() =>
+      resolveConfig({ env: { REDIS_SENTINELS: 'h:26379' }, configFile: false }),
+    )
     expect(fromEnv.field).toBe('REDIS_SENTINEL_NAME')
     const fromOptions = configError(() =>
-      resolveConfig({ redis: { sentinels: [{ host: 'h', port: 26379 }], name: '' }, env: {}, configFile: false }),
+      resolveConfig({
+        redis: { sentinels: [{ host: 'h', port: 26379 }], name: '' },
+        env: {},
+        configFile: false,
+      }),
     )
     expect(fromOptions.field).toBe('redis.name')
   })
@@ -101,7 +111,12 @@ describe('config resolution', () => {
 
   it('reads Cluster nodes from the environment and fills credentials', () => {
     const c = resolveConfig({
-      env: { REDIS_CLUSTER_NODES: 'n1:7000,n2:7001', REDIS_USERNAME: 'u', REDIS_PASSWORD: 'p', REDIS_TLS: 'true' },
+      env: {
+        REDIS_CLUSTER_NODES: 'n1:7000,n2:7001',
+        REDIS_USERNAME: 'u',
+        REDIS_PASSWORD: 'p',
+        REDIS_TLS: 'true',
+      },
       configFile: false,
     })
     expect(c.topology).toMatchObject({
@@ -117,12 +132,19 @@ describe('config resolution', () => {
   it('rejects malformed address lists and REDIS_TLS values', () => {
     expect(() => parseAddressList('h1:26379,h2', 'REDIS_SENTINELS')).toThrow(ConfigError)
     expect(() => parseAddressList('', 'REDIS_SENTINELS')).toThrow(/is empty/)
-    const tls = configError(() => resolveConfig({ env: { REDIS_URL: 'redis://h', REDIS_TLS: 'maybe' }, configFile: false }))
+    const tls = configError(() =>
+      resolveConfig({ env: { REDIS_URL: 'redis://h', REDIS_TLS: 'maybe' }, configFile: false }),
+    )
     expect(tls.field).toBe('REDIS_TLS')
   })
 
   it('applies precedence: explicit options > environment > file > defaults', () => {
-    const file = configFile({ redis: 'redis://file-host:1111', prefix: 'file', commandTimeout: '3s', connectTimeout: 4000 })
+    const file = configFile({
+      redis: 'redis://file-host:1111',
+      prefix: 'file',
+      commandTimeout: '3s',
+      connectTimeout: 4000,
+    })
     const env = { REDIS_URL: 'redis://env-host:2222', REDKIT_PREFIX: 'env', REDKIT_CONFIG: file }
 
     const fileOnly = resolveConfig({ env: { REDKIT_CONFIG: file } })
@@ -136,7 +158,12 @@ describe('config resolution', () => {
     expect(envOverFile.commandTimeoutMs).toBe(3000) // only the file sets it
     expect(envOverFile.connectTimeoutMs).toBe(4000)
 
-    const explicit = resolveConfig({ env, redis: 'redis://opt-host:3333', prefix: 'opt', commandTimeout: 250 })
+    const explicit = resolveConfig({
+      env,
+      redis: 'redis://opt-host:3333',
+      prefix: 'opt',
+      commandTimeout: 250,
+    })
     expect(explicit.topology).toMatchObject({ options: { host: 'opt-host', port: 3333 } })
     expect(explicit.prefix).toBe('opt')
     expect(explicit.commandTimeoutMs).toBe(250)
@@ -152,22 +179,38 @@ describe('config resolution', () => {
   })
 
   it('reports an unreadable, invalid or unknown config file', () => {
-    expect(configError(() => resolveConfig({ env: { REDKIT_CONFIG: join(dir, 'missing.json') } })).field).toBe('REDKIT_CONFIG')
-    expect(configError(() => resolveConfig({ env: {}, configFile: configFile('{ nope') })).message).toMatch(/not valid JSON/)
-    expect(configError(() => resolveConfig({ env: {}, configFile: configFile([1]) })).message).toMatch(/JSON object/)
-    expect(configError(() => resolveConfig({ env: {}, configFile: configFile({ prefx: 'x' }) })).field).toBe('REDKIT_CONFIG.prefx')
+    expect(
+      configError(() => resolveConfig({ env: { REDKIT_CONFIG: join(dir, 'missing.json') } })).field,
+    ).toBe('REDKIT_CONFIG')
+    expect(configError(() => resolveConfig({ env: {}, configFile: configFile('{ nope') })).message).toMatch(
+      /not valid JSON/,
+    )
+    expect(configError(() => resolveConfig({ env: {}, configFile: configFile([1]) })).message).toMatch(
+      /JSON object/,
+    )
+    expect(configError(() => resolveConfig({ env: {}, configFile: configFile({ prefx: 'x' }) })).field).toBe(
+      'REDKIT_CONFIG.prefx',
+    )
   })
 
   it('checks prefix, durations and breaker options', () => {
-    expect(configError(() => resolveConfig({ prefix: 'a{b}', env: {}, configFile: false })).field).toBe('prefix')
-    expect(configError(() => resolveConfig({ prefix: '', env: {}, configFile: false })).field).toBe('prefix')
-    expect(configError(() => resolveConfig({ commandTimeout: 'soon', env: {}, configFile: false })).field).toBe('commandTimeout')
-    expect(configError(() => resolveConfig({ commandTimeout: 0, env: {}, configFile: false })).field).toBe('commandTimeout')
-    expect(configError(() => resolveConfig({ breaker: { threshold: 0 }, env: {}, configFile: false })).field).toBe(
-      'breaker.threshold',
+    expect(configError(() => resolveConfig({ prefix: 'a{b}', env: {}, configFile: false })).field).toBe(
+      'prefix',
     )
+    expect(configError(() => resolveConfig({ prefix: '', env: {}, configFile: false })).field).toBe('prefix')
+    expect(
+      configError(() => resolveConfig({ commandTimeout: 'soon', env: {}, configFile: false })).field,
+    ).toBe('commandTimeout')
+    expect(configError(() => resolveConfig({ commandTimeout: 0, env: {}, configFile: false })).field).toBe(
+      'commandTimeout',
+    )
+    expect(
+      configError(() => resolveConfig({ breaker: { threshold: 0 }, env: {}, configFile: false })).field,
+    ).toBe('breaker.threshold')
     expect(resolveConfig({ breaker: false, env: {}, configFile: false }).breaker).toBeNull()
-    expect(configError(() => resolveConfig({ redis: { port: 70000 }, env: {}, configFile: false })).field).toBe('redis.port')
+    expect(
+      configError(() => resolveConfig({ redis: { port: 70000 }, env: {}, configFile: false })).field,
+    ).toBe('redis.port')
   })
 
   it('accepts an existing client without owning it', () => {

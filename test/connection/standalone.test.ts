@@ -89,7 +89,9 @@ describe('kit on a standalone server', () => {
       if (second.length < 2) throw new Error('not yet')
     }, 3000)
     expect(received).toEqual(['one'])
-    const after = String(await kit.redis.client('LIST')).split('\n').filter(Boolean).length
+    const after = String(await kit.redis.client('LIST'))
+      .split('\n')
+      .filter(Boolean).length
     expect(after).toBe(before + 1)
     await kit.close()
   })
@@ -127,7 +129,13 @@ describe('kit when Redis is down', () => {
   it('does not throw at creation for an unreachable server and fails commands fast with ConnectionError', async () => {
     const port = await freePort()
     const errors: RedkitEventMap['error'][] = []
-    const kit = createRedkit({ redis: `redis://127.0.0.1:${port}`, prefix, configFile: false, env: {}, commandTimeout: 500 })
+    const kit = createRedkit({
+      redis: `redis://127.0.0.1:${port}`,
+      prefix,
+      configFile: false,
+      env: {},
+      commandTimeout: 500,
+    })
     kit.on('error', (e) => errors.push(e))
     const started = Date.now()
     const error = await kit.hub.exec((r) => r.get('x')).catch((e: unknown) => e)
@@ -164,7 +172,13 @@ describe('kit when Redis is down', () => {
 
   it('fails fast while the server is killed and recovers by itself when it returns on the same port', async () => {
     const own = await startRedis()
-    const kit = createRedkit({ redis: own.url, prefix, configFile: false, env: {}, breaker: { threshold: 3, cooldown: 200 } })
+    const kit = createRedkit({
+      redis: own.url,
+      prefix,
+      configFile: false,
+      env: {},
+      breaker: { threshold: 3, cooldown: 200 },
+    })
     const key = kit.keys.module('app').key('survivor')
     const events: string[] = []
     kit.on('reconnecting', () => events.push('reconnecting'))
@@ -192,7 +206,14 @@ describe('kit when Redis is down', () => {
 
   it('does not run a command later that already failed with a timeout while Redis was away', async () => {
     const own = await startRedis()
-    const kit = createRedkit({ redis: own.url, prefix, configFile: false, env: {}, commandTimeout: 300, breaker: false })
+    const kit = createRedkit({
+      redis: own.url,
+      prefix,
+      configFile: false,
+      env: {},
+      commandTimeout: 300,
+      breaker: false,
+    })
     const key = kit.keys.module('app').key('late')
     await kit.hub.exec((r) => r.set(key, '0'))
     await own.server.kill('SIGKILL')

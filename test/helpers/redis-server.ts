@@ -142,9 +142,20 @@ export class RedisProcess {
     const child = this.child
     if (!child || child.exitCode !== null || child.signalCode !== null) return
     const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+    if (signal !== 'SIGKILL') child.kill('SIGCONT')
     child.kill(signal)
     await exited
     this.child = null
+  }
+
+  /** SIGSTOP: the process hangs with its sockets open (a frozen VM, a stuck disk). */
+  pause(): void {
+    this.child?.kill('SIGSTOP')
+  }
+
+  /** SIGCONT after {@link pause}. */
+  resume(): void {
+    this.child?.kill('SIGCONT')
   }
 
   /** Starts the same server again on the same port (data is not kept). */
