@@ -1,7 +1,12 @@
+import { Analytics } from './analytics/index.js'
+import { type CachedFunction, type CachedOptions, CacheEngine, cached } from './cache/index.js'
 import { type RedkitOptions, resolveConfig } from './connection/config.js'
 import { ConnectionHub, type HealthReport, type RedisClient } from './connection/hub.js'
 import { type RedkitEventName, RedkitEvents, type RedkitListener } from './events.js'
 import { KeySpace } from './keys.js'
+import { Sessions } from './session/index.js'
+import { Locks } from './lock/index.js'
+import { RateLimits } from './rate-limit/index.js'
 
 /**
  * One kit per process: the shared Redis connection hub, the key space and the event bus, plus
@@ -26,6 +31,54 @@ export class Redkit {
   }
 
   // Modules: each is created on first use, on this kit's hub. Add one lazy getter per module here.
+
+  #sessions: Sessions | undefined
+  /** Programmatic sessions and per-user session control (`kit.sessions.revokeAllForUser(id)`). */
+  get sessions(): Sessions {
+    this.#sessions ??= new Sessions(this)
+    return this.#sessions
+  }
+
+  #cache: CacheEngine | undefined
+  /** The cache engine (namespace `value`): get/set/getOrSet, tags, two tiers, stampede protection. */
+  get cache(): CacheEngine {
+    this.#cache ??= new CacheEngine(this)
+    return this.#cache
+  }
+
+  /**
+   * Memoizes an async function in `kit.cache` (key from its arguments), with stale serving and
+   * stampede protection.
+   * @example
+   * const getUser = kit.cached(async function getUser(id: string) { return db.user(id) }, { ttl: '5m' })
+   */
+  cached<A extends unknown[], R>(
+    fn: (...args: A) => Promise<R>,
+    options: CachedOptions<A, R> = {},
+  ): CachedFunction<A, R> {
+    return cached(this, fn, options)
+  }
+
+  #locks: Locks | undefined
+  /** Distributed locks with fencing tokens on the kit's connection (`kit.locks.using(resource, fn)`). */
+  get locks(): Locks {
+    this.#locks ??= new Locks(this)
+    return this.#locks
+  }
+
+  #rateLimits: RateLimits | undefined
+  /** The rate limiter: multi-limit policies, blocks and outbound queues (`kit.rateLimits.consume(key, opts)`). */
+  get rateLimits(): RateLimits {
+    this.#rateLimits ??= new RateLimits(this)
+    return this.#rateLimits
+  }
+
+  #analytics: Analytics | undefined
+  /** Counters, uniques, top pages and time series (`kit.analytics.pageView('/x')`). */
+  get analytics(): Analytics {
+    this.#analytics ??= new Analytics(this)
+    return this.#analytics
+  }
 
   /** The shared, auto-pipelined command client, for the app's own commands. */
   get redis(): RedisClient {

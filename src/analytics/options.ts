@@ -96,7 +96,11 @@ export const ANALYTICS_DEFAULTS = {
   flushInterval: 1000 as Duration,
   maxBatch: 1000,
   maxPending: 50_000,
-  retention: { minute: '1d', hour: '30d', day: '400d' } as { minute: Duration; hour: Duration; day: Duration },
+  retention: { minute: '1d', hour: '30d', day: '400d' } as {
+    minute: Duration
+    hour: Duration
+    day: Duration
+  },
   recentEvents: 100,
   maxMetrics: 200,
   maxPages: 1000,
@@ -111,7 +115,11 @@ function defined<T extends object>(options: T): Partial<T> {
 
 function positiveInt(field: string, value: unknown, example: number): number {
   if (typeof value !== 'number' || !Number.isInteger(value) || value < 1) {
-    throw new ConfigError(field, `must be a positive integer, got ${JSON.stringify(value)}`, `write ${example}`)
+    throw new ConfigError(
+      field,
+      `must be a positive integer, got ${JSON.stringify(value)}`,
+      `write ${example}`,
+    )
   }
   return value
 }
@@ -120,13 +128,18 @@ function positiveInt(field: string, value: unknown, example: number): number {
 export function resolveAnalyticsOptions(options: AnalyticsOptions = {}): ResolvedAnalyticsOptions {
   const o = { ...ANALYTICS_DEFAULTS, ...defined(options) }
   const retention = { ...ANALYTICS_DEFAULTS.retention, ...defined(options.retention ?? {}) }
-  if (typeof o.batch !== 'boolean') throw new ConfigError('analytics.batch', 'must be a boolean', 'write true or false')
+  if (typeof o.batch !== 'boolean')
+    throw new ConfigError('analytics.batch', 'must be a boolean', 'write true or false')
   if (typeof o.trackKitEvents !== 'boolean') {
     throw new ConfigError('analytics.trackKitEvents', 'must be a boolean', 'write true or false')
   }
   const flushIntervalMs = parseDuration(o.flushInterval, 'analytics.flushInterval')
   if (flushIntervalMs < 10) {
-    throw new ConfigError('analytics.flushInterval', `must be at least 10 ms, got ${flushIntervalMs}`, "write '1s'")
+    throw new ConfigError(
+      'analytics.flushInterval',
+      `must be at least 10 ms, got ${flushIntervalMs}`,
+      "write '1s'",
+    )
   }
   const retentionMs = {
     minute: parseDuration(retention.minute, 'analytics.retention.minute'),
@@ -135,13 +148,21 @@ export function resolveAnalyticsOptions(options: AnalyticsOptions = {}): Resolve
   }
   for (const [name, ms] of Object.entries(retentionMs)) {
     if (ms < 60_000) {
-      throw new ConfigError(`analytics.retention.${name}`, `must be at least one minute, got ${ms} ms`, "write '1d'")
+      throw new ConfigError(
+        `analytics.retention.${name}`,
+        `must be at least one minute, got ${ms} ms`,
+        "write '1d'",
+      )
     }
   }
   let allowMetrics: Set<string> | null = null
   if (o.allowMetrics !== undefined) {
     if (!Array.isArray(o.allowMetrics) || o.allowMetrics.some((m) => typeof m !== 'string')) {
-      throw new ConfigError('analytics.allowMetrics', 'must be an array of names', "write ['signup', 'checkout']")
+      throw new ConfigError(
+        'analytics.allowMetrics',
+        'must be an array of names',
+        "write ['signup', 'checkout']",
+      )
     }
     allowMetrics = new Set(o.allowMetrics)
   }
