@@ -1,6 +1,14 @@
 import { Redis } from 'ioredis'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { ConnectionError, createRedkit, type Redkit, type RedkitEventMap } from '../../src/index.js'
+import {
+  ConnectionError,
+  createRedkit,
+  isConnectionError,
+  LuaScript,
+  type Redkit,
+  type RedkitEventMap,
+  RedkitEvents,
+} from '../../src/index.js'
 import { freePort, type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/redis-server.js'
 
 const prefix = uniquePrefix('standalone')
@@ -122,6 +130,46 @@ describe('kit on a standalone server', () => {
     expect(client.status).toBe('ready')
     expect(await client.ping()).toBe('PONG')
     await client.quit()
+  })
+})
+
+describe('building blocks', () => {
+  it('runs Lua scripts by SHA and falls back to EVAL after a SCRIPT FLUSH', async () => {
+    const kit = kitFor()
+    const key = kit.keys.module('app').key('lua')
+    const script = new LuaScript(`return redis.call('INCRBY', KEYS[1], ARGV[1])`)
+    expect(await kit.hub.exec((r) => script.run(r, [key], [2]))).toBe(2)
+    await kit.redis.script('FLUSH')
+    expect(await kit.hub.exec((r) => script.run(r, [key], [3]))).toBe(5)
+    await kit.close()
+  })
+
+  it('isolates a throwing listener and supports once()', () => {
+    const events = new RedkitEvents()
+    const seen: number[] = []
+    events.on('reconnecting', () => {
+      throw new Error('broken listener')
+    })
+    events.on('reconnecting', ({ delayMs }) => seen.push(delayMs))
+    events.once('reconnecting', ({ delayMs }) => seen.push(-delayMs))
+    expect(events.has('reconnecting')).toBe(true)
+    events.emit('reconnecting', { delayMs: 1 })
+    events.emit('reconnecting', { delayMs: 2 })
+    expect(seen).toEqual([1, -1, 2])
+    events.emit('error', { error: new Error('nobody listens'), connection: 'command' }) // must not throw
+    events.clear()
+    expect(events.has('reconnecting')).toBe(false)
+  })
+
+  it('tells connection failures from reply errors', () => {
+    expect(isConnectionError(new ConnectionError('x'))).toBe(true)
+    expect(isConnectionError(new Error('Command timed out'))).toBe(true)
+    expect(isConnectionError(new Error('connect ECONNREFUSED 127.0.0.1:1'))).toBe(true)
+    expect(isConnectionError(new Error('READONLY You cannot write against a read only replica.'))).toBe(true)
+    expect(
+      isConnectionError(new Error('WRONGTYPE Operation against a key holding the wrong kind of value')),
+    ).toBe(false)
+    expect(isConnectionError('a string')).toBe(false)
   })
 })
 
