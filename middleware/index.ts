@@ -1,4 +1,17 @@
 export type { HealthOptions } from './health.js'
 export { health } from './health.js'
+export type { IdempotencyOptions } from './idempotency.js'
+export {
+  defaultFingerprint,
+  idempotency,
+  MAX_IDEMPOTENCY_KEY_LENGTH,
+  parseIdempotencyKey,
+} from './idempotency.js'
+export type { LockRouteOptions } from './lock.js'
+export { lockRoute } from './lock.js'
 export type { Problem } from './problem.js'
 export { sendProblem } from './problem.js'
+export type { LoginProtectionOptions, RateLimitKey, RateLimitOptions } from './rate-limit.js'
+export { loginProtection, rateLimit } from './rate-limit.js'
+export type { RedisSessionStoreOptions, SessionOptions } from './session.js'
+export { RedisSessionStore, session } from './session.js'

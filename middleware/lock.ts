@@ -1,0 +1,119 @@
+import type { Request, RequestHandler } from 'express'
+import type { Duration, Lock, Locks, Redkit } from '../src/index.js'
+import { ConfigError, LockBusyError, LockUnavailableError, parseDuration } from '../src/index.js'
+import { sendProblem } from './problem.js'
+
+/** Options of {@link lockRoute}. */
+export interface LockRouteOptions {
+  /**
+   * The resource(s) this request locks, for example `(req) => \`order:${req.params.id}\``.
+   * Return `null` or `undefined` to let the request through without a lock.
+   */
+  resource: (req: Request) => string | readonly string[] | null | undefined
+  /**
+   * Lease length; extended while the request runs, released when the response ends.
+   * @default '30s'
+   */
+  ttl?: Duration
+  /**
+   * How long a request waits for a held resource before 409; 0 answers 409 at once.
+   * @default 0
+   */
+  wait?: Duration
+  /**
+   * The `Locks` instance to use, for example one made by `createLocks(kit, { servers })`.
+   * @default kit.locks
+   */
+  locks?: Locks
+}
+
+interface ResolvedLockRoute {
+  resource: LockRouteOptions['resource']
+  ttlMs: number
+  waitMs: number
+  locks: Locks | undefined
+}
+
+function resolveLockRouteOptions(options: LockRouteOptions): ResolvedLockRoute {
+  if (!options || typeof options.resource !== 'function') {
+    throw new ConfigError(
+      'lockRoute.resource',
+      'must be a function of the request',
+      "write (req) => 'order:' + req.params.id",
+    )
+  }
+  const ttlMs = parseDuration(options.ttl ?? '30s', 'lockRoute.ttl')
+  if (ttlMs < 10)
+    throw new ConfigError('lockRoute.ttl', `must be at least 10 ms, got ${ttlMs}`, "write '30s'")
+  return {
+    resource: options.resource,
+    ttlMs,
+    waitMs: parseDuration(options.wait ?? 0, 'lockRoute.wait'),
+    locks: options.locks,
+  }
+}
+
+/**
+ * Lets one request at a time work on a resource across every instance: while one request holds
+ * it, another gets 409 problem+json with `Retry-After` (or waits up to `wait` for it). When Redis
+ * cannot be reached it answers 503 (fails closed). The handler finds the lock (with its fencing
+ * token) in `res.locals.lock`.
+ *
+ * @example
+ * app.post('/orders/:id/ship', lockRoute(kit, { resource: (req) => `order:${req.params.id}`, ttl: '10s' }), ship)
+ */
+export function lockRoute(kit: Redkit, options: LockRouteOptions): RequestHandler {
+  const resolved = resolveLockRouteOptions(options)
+  const retry = resolved.waitMs > 0 ? { attempts: 0, delay: 100, jitter: 50 } : false
+  return async function lockRouteMiddleware(req, res, next) {
+    let resource: string | readonly string[] | null | undefined
+    try {
+      resource = resolved.resource(req)
+    } catch (error) {
+      next(error)
+      return
+    }
+    if (resource === null || resource === undefined) {
+      next()
+      return
+    }
+    const locks = resolved.locks ?? kit.locks
+    // A client that goes away while waiting should not keep a retry loop running.
+    const gone = new AbortController()
+    const onClose = () => gone.abort()
+    res.once('close', onClose)
+    let lock: Lock
+    try {
+      lock = await locks.acquire(resource, {
+        ttl: resolved.ttlMs,
+        retry,
+        wait: resolved.waitMs > 0 ? resolved.waitMs : undefined,
+        signal: gone.signal,
+      })
+    } catch (error) {
+      res.off('close', onClose)
+      if (gone.signal.aborted) return
+      if (error instanceof LockBusyError) {
+        res.setHeader('Retry-After', String(Math.max(1, Math.ceil((error.retryAfterMs ?? 1000) / 1000))))
+        sendProblem(res, {
+          status: 409,
+          title: 'Resource is locked',
+          detail: `${error.resource} is being changed by another request; retry later.`,
+        })
+        return
+      }
+      if (error instanceof LockUnavailableError) {
+        res.setHeader('Retry-After', '1')
+        sendProblem(res, { status: 503, title: 'Lock service unavailable', detail: 'Try again shortly.' })
+        return
+      }
+      next(error)
+      return
+    }
+    res.off('close', onClose)
+    const hold = locks.hold(lock)
+    res.locals.lock = lock
+    res.once('close', () => void hold.stop())
+    next()
+  }
+}

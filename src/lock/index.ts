@@ -1,0 +1,8 @@
+export type { IdempotencyBegin, StoredResponse } from './idempotency.js'
+export { IdempotencyStore } from './idempotency.js'
+export type { LockOwner } from './lock.js'
+export { Lock } from './lock.js'
+export { createLocks, Locks } from './locks.js'
+export type { LockServer } from './nodes.js'
+export type { AcquireOptions, LocksOptions, OnceOptions, RetryOptions, UsingOptions } from './options.js'
+export { LOCKS_DEFAULTS } from './options.js'
