@@ -1,0 +1,787 @@
+import { randomUUID } from 'node:crypto'
+import { decode, encode } from '../codec/index.js'
+import { isConnectionError } from '../connection/hub.js'
+import { CodecError } from '../errors.js'
+import type { ModuleKeys } from '../keys.js'
+import type { Redkit } from '../kit.js'
+import { type Duration, parseDuration } from '../util/duration.js'
+import { LuaScript } from '../util/script.js'
+import { type BusMessage, CacheBus } from './bus.js'
+import { packEntry, type RawEntry, type StoredEntry, unpackEntry } from './entry.js'
+import { type MemoryItem, MemoryTier } from './memory.js'
+import {
+  type CacheEngineOptions,
+  checkCompress,
+  checkJitter,
+  checkSize,
+  type ResolvedCacheEngineOptions,
+  resolveCacheEngineOptions,
+} from './options.js'
+import { SingleFlight } from './single-flight.js'
+import { TagVersions } from './tags.js'
+
+declare module '../events.js' {
+  interface RedkitEventMap {
+    /** A cached value was served fresh, from memory (`l1`) or Redis (`l2`). */
+    'cache:hit': { cache: string; key: string; layer: 'l1' | 'l2' }
+    /** No usable entry: the factory / origin runs. */
+    'cache:miss': { cache: string; key: string }
+    /** A stale entry was served (grace window, or the factory failed and stale-if-error applied). */
+    'cache:stale': { cache: string; key: string }
+    /** The cache was skipped: Redis unavailable, value too large, not encodable, ... */
+    'cache:bypass': { cache: string; reason: string }
+    /** An entry was written to Redis. */
+    'cache:store': { cache: string; key: string; bytes: number }
+    /** Entries were invalidated by tag or deleted by key, or the namespace was cleared. */
+    'cache:invalidate': { cache: string; tags?: string[]; keys?: string[] }
+    /** A background refresh or a store failed; the caller was not affected. */
+    'cache:error': { cache: string; key: string; error: Error }
+  }
+}
+
+/** Options of {@link CacheEngine.set}. */
+export interface SetOptions {
+  /** Time to live (fresh). @default the engine's `ttl` ('5m') */
+  ttl?: Duration
+  /** Extra time the entry may be served stale while one refresh runs. @default the engine's `grace` (0) */
+  grace?: Duration
+  /** Extra time the entry may be served when the factory throws. @default the engine's `staleIfError` (0) */
+  staleIfError?: Duration
+  /** Tags for {@link CacheEngine.invalidateTags}. @default [] */
+  tags?: readonly string[]
+  /** Fraction of the TTL removed at random. @default the engine's `jitter` (0) */
+  jitter?: number
+}
+
+/** What a factory receives. */
+export interface FactoryContext {
+  /** The cache key (as given, not the Redis key). */
+  key: string
+  /** True when refreshing an entry that is still served (grace or early refresh). */
+  background: boolean
+}
+
+/** Options of {@link CacheEngine.getOrSet}. */
+export interface GetOrSetOptions<T> extends Omit<SetOptions, 'ttl'> {
+  /** Time to live; a function decides from the value (e.g. a shorter TTL for empty results). */
+  ttl?: Duration | ((value: T) => Duration)
+  /**
+   * Probabilistic early refresh (XFetch): `true` (beta 1) or a beta > 0; a hot entry is refreshed
+   * in the background shortly before it expires, more eagerly the longer its factory took.
+   * @default false
+   */
+  xfetch?: boolean | number
+  /** Encoded values over this many bytes are not stored. @default the engine's `maxSize` */
+  maxSize?: number
+  /** Compress encoded values of at least this many bytes. @default the engine's `compressAbove` */
+  compressAbove?: number | false
+}
+
+/** Options of {@link CacheEngine.writeEntry}. */
+export interface WriteEntryOptions {
+  /** Milliseconds the entry is fresh. */
+  freshMs: number
+  /** Milliseconds it is kept after that (for stale serving). @default 0 */
+  staleMs?: number
+  /** @default [] */
+  tags?: readonly string[]
+  /**
+   * Tag versions taken with {@link CacheEngine.tagSnapshot} BEFORE the origin was called: then an
+   * invalidation that happens while the origin runs makes this write count as absent.
+   * @default versions read at write time
+   */
+  snapshot?: TagSnapshot
+}
+
+/** Versions of some tags at one moment (see {@link CacheEngine.tagSnapshot}). */
+export interface TagSnapshot {
+  tags: readonly string[]
+  versions: readonly number[]
+}
+
+interface Policy<T> {
+  ttl: number | ((value: T) => number)
+  graceMs: number
+  staleIfErrorMs: number
+  tags: readonly string[]
+  jitter: number
+  maxSize: number
+  compressAbove: number | false
+}
+
+const RELEASE = new LuaScript(
+  `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0`,
+)
+const POLL_MS = 50
+
+/** State shared by an engine and all its namespaces: memory tier, bus, tag versions, flights. */
+class CacheCore {
+  readonly kit: Redkit
+  readonly keys: ModuleKeys
+  readonly memory: MemoryTier | null
+  readonly tags: TagVersions
+  readonly bus: CacheBus
+  readonly flights = new SingleFlight()
+  readonly waiters = new Map<string, Set<() => void>>()
+
+  constructor(kit: Redkit, options: ResolvedCacheEngineOptions) {
+    this.kit = kit
+    this.keys = kit.keys.module('cache')
+    this.memory = options.l1 ? new MemoryTier(options.l1.maxBytes) : null
+    this.tags = new TagVersions(kit, this.keys, options.tagCacheTtlMs)
+    this.bus = new CacheBus(
+      kit,
+      this.keys.key('#bus'),
+      (message) => this.receive(message),
+      () => {
+        this.tags.forget()
+        this.memory?.clear()
+      },
+    )
+    void this.bus.start()
+    kit.hub.onClose(() => this.bus.stop())
+  }
+
+  receive(message: BusMessage): void {
+    if (message.t === 'keys') {
+      for (const key of message.k) {
+        this.memory?.delete(key)
+        this.wake(key)
+      }
+    } else if (message.t === 'tags') {
+      for (const [tag, version] of Object.entries(message.v)) this.tags.learn(tag, version)
+      this.memory?.deleteTagged(new Set(Object.keys(message.v)))
+    } else if (message.t === 'clear') {
+      this.memory?.deletePrefix(message.p)
+    }
+  }
+
+  wake(key: string): void {
+    const set = this.waiters.get(key)
+    if (!set) return
+    this.waiters.delete(key)
+    for (const resolve of set) resolve()
+  }
+}
+
+/**
+ * The cache engine: values (typed through the codec) or raw entries in two tiers, an in-process
+ * LRU in front of Redis, with tags, stale serving, stampede protection and cross-instance
+ * invalidation. Redis unavailable: value calls fail open (the factory runs, an event says so),
+ * raw calls reject with `ConnectionError` so the caller can decide.
+ *
+ * Values served from memory are shared between callers: treat them as read-only.
+ *
+ * @example
+ * const user = await kit.cache.getOrSet(`user:${id}`, () => db.user(id), { ttl: '10m', grace: '1m', tags: [`user:${id}`] })
+ * await kit.cache.invalidateTags([`user:${id}`])
+ */
+export class CacheEngine {
+  /** Namespace name, as in the `cache` field of events. */
+  readonly name: string
+  readonly options: ResolvedCacheEngineOptions
+  readonly #core: CacheCore
+  readonly #kit: Redkit
+  readonly #memory: MemoryTier | null
+  /** `prefix:cache:<name>:` */
+  readonly #base: string
+  readonly #entryBase: string
+  readonly #leaseBase: string
+
+  constructor(kit: Redkit, options: CacheEngineOptions = {}, parent?: CacheEngine) {
+    this.options = resolveCacheEngineOptions(options, parent ? parentBase(parent.options) : undefined)
+    this.name = this.options.name
+    this.#kit = kit
+    this.#core = parent ? parent.#core : new CacheCore(kit, this.options)
+    this.#memory = this.options.l1 === false ? null : this.#core.memory
+    this.#base = `${this.#core.keys.key(this.name)}:`
+    this.#entryBase = `${this.#base}e:`
+    this.#leaseBase = `${this.#base}l:`
+  }
+
+  /**
+   * Another namespace on the same memory tier, bus and tag versions (keys under
+   * `prefix:cache:<name>:`, events with `cache: name`). Options not given are inherited.
+   *
+   * @example
+   * const responses = kit.cache.namespace('response', { l1: false })
+   */
+  namespace(name: string, options: Omit<CacheEngineOptions, 'name'> = {}): CacheEngine {
+    return new CacheEngine(this.#kit, { ...options, name }, this)
+  }
+
+  /** The Redis key holding `key`'s entry. */
+  redisKey(key: string): string {
+    return this.#entryBase + escapePart(key)
+  }
+
+  // ---------------------------------------------------------------- value API
+
+  /**
+   * The fresh value stored under `key`, or `undefined` (absent, expired, invalidated by a tag, or
+   * Redis unavailable with nothing in memory).
+   */
+  async get<T = unknown>(key: string): Promise<T | undefined> {
+    const rkey = this.redisKey(key)
+    const read = await this.#readSafe(rkey)
+    const now = Date.now()
+    if (read !== null && read !== 'down' && now < read.entry.freshUntil) {
+      this.#hit(key, read.layer)
+      return this.#decode<T>(read.entry)
+    }
+    if (this.#kit.events.has('cache:miss')) this.#kit.events.emit('cache:miss', { cache: this.name, key })
+    return undefined
+  }
+
+  /**
+   * Stores `value` under `key`. Resolves `true` when stored in Redis, `false` when skipped (too
+   * large, Redis unavailable: see the `cache:bypass` event). Throws `CodecError` for values that
+   * cannot be encoded.
+   */
+  async set(key: string, value: unknown, options: SetOptions = {}): Promise<boolean> {
+    const policy = this.#policy(options)
+    const encoded = encode(value, { compressAbove: policy.compressAbove })
+    const ttl = policy.ttl as number
+    try {
+      return await this.#storeValue(key, this.redisKey(key), encoded, ttl, policy, undefined, 0, value)
+    } catch (error) {
+      if (!isConnectionError(error)) throw error
+      this.#bypass('redis-unavailable')
+      return false
+    }
+  }
+
+  /**
+   * The cached value, or the factory's result (stored for next time). Concurrent misses for one
+   * key run the factory once in this process and, through a short Redis lease, once across
+   * processes (others wait up to `wait` for that result). Within `grace` after expiry the stale
+   * value is returned while exactly one background refresh runs; within `staleIfError` the stale
+   * value is returned when the factory throws. Redis unavailable: the factory runs (fail open).
+   *
+   * @example
+   * const report = await kit.cache.getOrSet('report:daily', () => buildReport(), { ttl: '10m', grace: '1h', tags: ['reports'] })
+   */
+  async getOrSet<T>(
+    key: string,
+    factory: (context: FactoryContext) => T | Promise<T>,
+    options: GetOrSetOptions<T> = {},
+  ): Promise<T> {
+    const rkey = this.redisKey(key)
+    const read = await this.#readSafe(rkey)
+    const now = Date.now()
+    if (read !== null && read !== 'down') {
+      const entry = read.entry
+      if (now < entry.freshUntil) {
+        if (options.xfetch && earlyRefresh(entry, now, options.xfetch)) {
+          this.#refresh(key, rkey, factory, options, entry)
+        }
+        this.#hit(key, read.layer)
+        return this.#decode<T>(entry)
+      }
+      const graceMs =
+        options.grace === undefined ? this.options.graceMs : parseDuration(options.grace, 'grace')
+      if (now < entry.freshUntil + graceMs) {
+        this.#refresh(key, rkey, factory, options, entry)
+        if (this.#kit.events.has('cache:stale'))
+          this.#kit.events.emit('cache:stale', { cache: this.name, key })
+        return this.#decode<T>(entry)
+      }
+    }
+    if (this.#kit.events.has('cache:miss')) this.#kit.events.emit('cache:miss', { cache: this.name, key })
+    const stale = read === null || read === 'down' ? undefined : read.entry
+    return this.#core.flights.run(rkey, () =>
+      this.#compute(key, rkey, factory, this.#policy(options), stale, false, read === 'down'),
+    )
+  }
+
+  /** Deletes entries by key, in this instance's memory, in Redis and in every other instance's memory. */
+  async delete(...keys: string[]): Promise<void> {
+    await this.deleteKeys(keys)
+  }
+
+  /**
+   * Deletes entries by key everywhere (purge). Rejects with `ConnectionError` when Redis is
+   * unavailable (this instance's memory is cleared anyway).
+   */
+  async deleteKeys(keys: readonly string[]): Promise<void> {
+    if (keys.length === 0) return
+    const rkeys = keys.map((key) => this.redisKey(key))
+    for (const rkey of rkeys) this.#memory?.delete(rkey)
+    if (this.#core.memory && this.#core.memory !== this.#memory)
+      for (const rkey of rkeys) this.#core.memory.delete(rkey)
+    await this.#kit.hub.exec((redis) => Promise.all(rkeys.map((rkey) => redis.unlink(rkey))))
+    await this.#core.bus.publish({ i: this.#core.bus.id, t: 'keys', k: rkeys })
+    if (this.#kit.events.has('cache:invalidate')) {
+      this.#kit.events.emit('cache:invalidate', { cache: this.name, keys: [...keys] })
+    }
+  }
+
+  /**
+   * Invalidates every entry carrying one of `tags`, in every namespace and instance: one INCR
+   * per tag and one PUBLISH, however many entries carry them (works on Cluster). Rejects with
+   * `ConnectionError` when Redis is unavailable.
+   *
+   * @example
+   * await kit.cache.invalidateTags(['orders'])
+   */
+  async invalidateTags(tags: readonly string[]): Promise<void> {
+    const unique = [...new Set(tags)]
+    if (unique.length === 0) return
+    this.#core.memory?.deleteTagged(new Set(unique))
+    const versions = await this.#core.tags.bump(unique)
+    await this.#core.bus.publish({ i: this.#core.bus.id, t: 'tags', v: versions })
+    // A racing write that read the old version before our INCR may have refilled memory.
+    this.#core.memory?.deleteTagged(new Set(unique))
+    if (this.#kit.events.has('cache:invalidate')) {
+      this.#kit.events.emit('cache:invalidate', { cache: this.name, tags: unique })
+    }
+  }
+
+  /**
+   * Deletes every entry of this namespace: SCAN (never KEYS) on every master, UNLINK in batches,
+   * then every instance drops the namespace from memory. Returns the number of keys removed.
+   */
+  async clear(): Promise<number> {
+    this.#core.memory?.deletePrefix(this.#base)
+    const pattern = `${this.#base.replace(/[*?[\]\\]/g, '\\$&')}*`
+    let removed = 0
+    await this.#kit.hub.exec(async (client) => {
+      const nodes: ScanNode[] = isClusterClient(client)
+        ? client.nodes('master')
+        : [client as unknown as ScanNode]
+      await Promise.all(
+        nodes.map(async (node) => {
+          let cursor = '0'
+          do {
+            const [next, keys] = await node.scan(cursor, 'MATCH', pattern, 'COUNT', '500')
+            cursor = next
+            if (keys.length > 0) {
+              // One UNLINK per key: keys of one node may still sit in different Cluster slots.
+              const pipeline = node.pipeline()
+              for (const key of keys) pipeline.unlink(key)
+              await pipeline.exec()
+              removed += keys.length
+            }
+          } while (cursor !== '0')
+        }),
+      )
+    })
+    await this.#core.bus.publish({ i: this.#core.bus.id, t: 'clear', p: this.#base })
+    if (this.#kit.events.has('cache:invalidate'))
+      this.#kit.events.emit('cache:invalidate', { cache: this.name })
+    return removed
+  }
+
+  // ---------------------------------------------------------------- raw entry API
+
+  /**
+   * The stored entry (memory, then Redis), whatever its freshness, or `undefined` when absent,
+   * past `staleUntil` or invalidated by a tag after it was stored. Emits no hit/miss events (the
+   * caller judges freshness). Rejects with `ConnectionError` when Redis is unavailable and memory
+   * holds nothing for the key.
+   */
+  async readEntry(key: string): Promise<RawEntry | undefined> {
+    const read = await this.#read(this.redisKey(key))
+    return read?.entry
+  }
+
+  /**
+   * Stores raw bytes. Rejects with `ConnectionError` when Redis is unavailable. Emits `cache:store`.
+   *
+   * @example
+   * const snapshot = await cache.tagSnapshot(['products'])
+   * const body = await callOrigin()
+   * await cache.writeEntry(key, body, { freshMs: 60_000, staleMs: 30_000, tags: ['products'], snapshot })
+   */
+  async writeEntry(key: string, value: Buffer, options: WriteEntryOptions): Promise<void> {
+    const tags = options.tags ?? []
+    const snapshot = options.snapshot && sameTags(options.snapshot.tags, tags) ? options.snapshot : undefined
+    const versions = snapshot ? snapshot.versions : tags.length > 0 ? await this.#core.tags.current(tags) : []
+    const now = Date.now()
+    await this.#write(
+      key,
+      this.redisKey(key),
+      {
+        value,
+        storedAt: now,
+        freshUntil: now + options.freshMs,
+        staleUntil: now + options.freshMs + (options.staleMs ?? 0),
+        tags: [...tags],
+        tagVersions: [...versions],
+        computeMs: 0,
+      },
+      undefined,
+    )
+  }
+
+  /** Versions of `tags` now; pass it to {@link CacheEngine.writeEntry} as `snapshot`. */
+  async tagSnapshot(tags: readonly string[]): Promise<TagSnapshot> {
+    return { tags: [...tags], versions: tags.length > 0 ? await this.#core.tags.current(tags) : [] }
+  }
+
+  // ---------------------------------------------------------------- stampede tools
+
+  /** Runs `fn` once per key at a time in this process; concurrent callers share its promise. */
+  singleFlight<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    return this.#core.flights.run(`${this.#base}f:${key}`, fn)
+  }
+
+  /**
+   * Takes the cross-process lease for computing `key` for `ms` milliseconds: a token when taken,
+   * `null` when another process holds it. Rejects with `ConnectionError` when Redis is unavailable.
+   */
+  async acquireLease(key: string, ms: number): Promise<string | null> {
+    const token = randomUUID()
+    const leaseKey = this.#leaseBase + escapePart(key)
+    const reply = await this.#kit.hub.exec((redis) =>
+      redis.set(leaseKey, token, 'PX', Math.max(1, Math.round(ms)), 'NX'),
+    )
+    return reply === 'OK' ? token : null
+  }
+
+  /** Releases a lease if `token` still holds it. Never rejects. */
+  async releaseLease(key: string, token: string): Promise<void> {
+    const leaseKey = this.#leaseBase + escapePart(key)
+    await this.#kit.hub.exec((redis) => RELEASE.run(redis, [leaseKey], [token])).catch(() => undefined)
+  }
+
+  /**
+   * Waits up to `ms` for a fresh entry under `key` (written by another process holding the
+   * lease): woken by the bus when it is written, polling as a fallback. `undefined` on timeout or
+   * when Redis is unavailable.
+   */
+  async waitForEntry(key: string, ms: number): Promise<RawEntry | undefined> {
+    const rkey = this.redisKey(key)
+    const read = await this.#waitFor(rkey, ms)
+    return read?.entry
+  }
+
+  // ---------------------------------------------------------------- internals
+
+  async #waitFor(rkey: string, ms: number): Promise<{ entry: StoredEntry; layer: 'l1' | 'l2' } | undefined> {
+    const deadline = Date.now() + ms
+    for (;;) {
+      const remaining = deadline - Date.now()
+      if (remaining <= 0) return undefined
+      await new Promise<void>((resolve) => {
+        let set = this.#core.waiters.get(rkey)
+        if (!set) {
+          set = new Set()
+          this.#core.waiters.set(rkey, set)
+        }
+        const waiters = set
+        const done = () => {
+          clearTimeout(timer)
+          waiters.delete(done)
+          resolve()
+        }
+        const timer = setTimeout(done, Math.min(POLL_MS, remaining))
+        waiters.add(done)
+      })
+      let read: { entry: StoredEntry; layer: 'l1' | 'l2' } | undefined
+      try {
+        read = await this.#read(rkey)
+      } catch (error) {
+        if (isConnectionError(error)) return undefined
+        throw error
+      }
+      if (read && Date.now() < read.entry.freshUntil) return read
+    }
+  }
+
+  /** Memory, then Redis. A memory copy past its freshness is checked against Redis (another instance may have refreshed it). */
+  async #read(rkey: string): Promise<{ entry: StoredEntry; layer: 'l1' | 'l2' } | undefined> {
+    const memory = this.#memory
+    let stale: MemoryItem | undefined
+    if (memory) {
+      const now = Date.now()
+      const item = memory.get(rkey, now)
+      if (item) {
+        if (now < item.freshUntil) return { entry: item, layer: 'l1' }
+        stale = item
+      }
+    }
+    let bytes: Buffer | null
+    try {
+      bytes = await this.#kit.hub.exec((redis) => redis.getBuffer(rkey))
+    } catch (error) {
+      if (stale && isConnectionError(error)) return { entry: stale, layer: 'l1' }
+      throw error
+    }
+    if (bytes === null) {
+      if (stale) memory?.delete(rkey)
+      return undefined
+    }
+    const entry = unpackEntry(bytes)
+    if (!entry || Date.now() >= entry.staleUntil) return undefined
+    if (entry.tags.length > 0 && !(await this.#core.tags.valid(entry.tags, entry.tagVersions))) {
+      memory?.delete(rkey)
+      return undefined
+    }
+    // The Buffer from ioredis is ours alone; keep it (no copy).
+    if (memory && (entry.tags.length === 0 || this.#core.tags.knownCurrent(entry.tags, entry.tagVersions))) {
+      memory.set(rkey, entry)
+    }
+    return { entry, layer: 'l2' }
+  }
+
+  /** {@link #read} for value calls: Redis unavailable becomes `'down'` plus a bypass event. */
+  async #readSafe(rkey: string): Promise<{ entry: StoredEntry; layer: 'l1' | 'l2' } | null | 'down'> {
+    try {
+      return (await this.#read(rkey)) ?? null
+    } catch (error) {
+      if (!isConnectionError(error)) throw error
+      this.#bypass('redis-unavailable')
+      return 'down'
+    }
+  }
+
+  #decode<T>(entry: StoredEntry): T {
+    const item = entry as MemoryItem
+    if (item.decoded) return item.decoded.value as T
+    const value = decode<T>(entry.value)
+    item.decoded = { value }
+    return value
+  }
+
+  #hit(key: string, layer: 'l1' | 'l2'): void {
+    if (this.#kit.events.has('cache:hit'))
+      this.#kit.events.emit('cache:hit', { cache: this.name, key, layer })
+  }
+
+  #bypass(reason: string): void {
+    if (this.#kit.events.has('cache:bypass'))
+      this.#kit.events.emit('cache:bypass', { cache: this.name, reason })
+  }
+
+  #policy<T>(options: GetOrSetOptions<T> | SetOptions): Policy<T> {
+    const o = this.options
+    const ttl = options.ttl
+    return {
+      ttl:
+        ttl === undefined
+          ? o.ttlMs
+          : typeof ttl === 'function'
+            ? (value: T) => parseDuration((ttl as (value: T) => Duration)(value), 'ttl')
+            : parseDuration(ttl, 'ttl'),
+      graceMs: options.grace === undefined ? o.graceMs : parseDuration(options.grace, 'grace'),
+      staleIfErrorMs:
+        options.staleIfError === undefined
+          ? o.staleIfErrorMs
+          : parseDuration(options.staleIfError, 'staleIfError'),
+      tags: options.tags ?? [],
+      jitter: options.jitter === undefined ? o.jitter : checkJitter(options.jitter, 'jitter'),
+      maxSize:
+        'maxSize' in options && options.maxSize !== undefined
+          ? checkSize(options.maxSize, 'maxSize')
+          : o.maxSize,
+      compressAbove:
+        'compressAbove' in options && options.compressAbove !== undefined
+          ? checkCompress(options.compressAbove, 'compressAbove')
+          : o.compressAbove,
+    }
+  }
+
+  /** Runs the factory for a missing or stale entry, at most once across processes (lease). */
+  async #compute<T>(
+    key: string,
+    rkey: string,
+    factory: (context: FactoryContext) => T | Promise<T>,
+    policy: Policy<T>,
+    stale: StoredEntry | undefined,
+    background: boolean,
+    redisDown: boolean,
+  ): Promise<T> {
+    let down = redisDown
+    let snapshot: number[] | undefined
+    let token: string | null = null
+    if (!down) {
+      try {
+        snapshot = policy.tags.length > 0 ? await this.#core.tags.current(policy.tags) : []
+        token = await this.acquireLease(rkey, this.options.leaseMs)
+        if (token === null) {
+          if (background) return undefined as T // another process refreshes it
+          const read = await this.#waitFor(rkey, this.options.waitMs)
+          if (read) {
+            this.#hit(key, read.layer)
+            return this.#decode<T>(read.entry)
+          }
+          // The other process did not deliver in time: compute it ourselves.
+        }
+      } catch (error) {
+        if (!isConnectionError(error)) throw error
+        this.#bypass('redis-unavailable')
+        down = true
+      }
+    }
+    try {
+      const started = performance.now()
+      let value: T
+      try {
+        value = await factory({ key, background })
+      } catch (error) {
+        if (stale && policy.staleIfErrorMs > 0 && Date.now() < stale.freshUntil + policy.staleIfErrorMs) {
+          if (this.#kit.events.has('cache:stale'))
+            this.#kit.events.emit('cache:stale', { cache: this.name, key })
+          return this.#decode<T>(stale)
+        }
+        throw error
+      }
+      if (!down && snapshot) {
+        const computeMs = performance.now() - started
+        await this.#storeComputed(key, rkey, value, policy, snapshot, computeMs)
+      }
+      return value
+    } finally {
+      if (token) void this.releaseLease(rkey, token)
+    }
+  }
+
+  /** Stores a factory result; failures never reach the caller (they are reported as events). */
+  async #storeComputed<T>(
+    key: string,
+    rkey: string,
+    value: T,
+    policy: Policy<T>,
+    snapshot: number[],
+    computeMs: number,
+  ): Promise<void> {
+    try {
+      const ttl = typeof policy.ttl === 'function' ? policy.ttl(value) : policy.ttl
+      if (ttl <= 0) {
+        this.#bypass('ttl-zero')
+        return
+      }
+      const encoded = encode(value, { compressAbove: policy.compressAbove })
+      await this.#storeValue(key, rkey, encoded, ttl, policy, snapshot, computeMs, value)
+    } catch (error) {
+      if (isConnectionError(error)) this.#bypass('redis-unavailable')
+      else {
+        if (error instanceof CodecError) this.#bypass('not-encodable')
+        this.#kit.events.emit('cache:error', { cache: this.name, key, error: error as Error })
+      }
+    }
+  }
+
+  async #storeValue<T>(
+    key: string,
+    rkey: string,
+    encoded: Buffer,
+    ttlMs: number,
+    policy: Policy<T>,
+    snapshot: readonly number[] | undefined,
+    computeMs: number,
+    value: unknown,
+  ): Promise<boolean> {
+    if (encoded.length > policy.maxSize) {
+      this.#bypass('too-large')
+      return false
+    }
+    const versions = snapshot ?? (policy.tags.length > 0 ? await this.#core.tags.current(policy.tags) : [])
+    const fresh =
+      policy.jitter > 0 ? Math.max(1, Math.round(ttlMs * (1 - policy.jitter * Math.random()))) : ttlMs
+    const now = Date.now()
+    await this.#write(
+      key,
+      rkey,
+      {
+        value: encoded,
+        storedAt: now,
+        freshUntil: now + fresh,
+        staleUntil: now + fresh + Math.max(policy.graceMs, policy.staleIfErrorMs),
+        tags: [...policy.tags],
+        tagVersions: [...versions],
+        computeMs,
+      },
+      { value },
+    )
+    return true
+  }
+
+  async #write(
+    key: string,
+    rkey: string,
+    entry: StoredEntry,
+    decoded: { value: unknown } | undefined,
+  ): Promise<void> {
+    const packed = packEntry(entry)
+    const px = Math.max(1, Math.ceil(entry.staleUntil - Date.now()))
+    await this.#kit.hub.exec((redis) => redis.set(rkey, packed, 'PX', px))
+    if (this.#memory && this.#core.tags.knownCurrent(entry.tags, entry.tagVersions)) {
+      const item: MemoryItem = unpackEntry(packed) as MemoryItem
+      // The decoded value is the caller's object: later hits share it (documented: read-only).
+      if (decoded) item.decoded = decoded
+      this.#memory.set(rkey, item)
+    } else this.#core.memory?.delete(rkey)
+    this.#core.wake(rkey)
+    void this.#core.bus.publish({ i: this.#core.bus.id, t: 'keys', k: [rkey] })
+    if (this.#kit.events.has('cache:store')) {
+      this.#kit.events.emit('cache:store', { cache: this.name, key, bytes: packed.length })
+    }
+  }
+
+  /** Refreshes in the background, once per key in this process and (lease) across processes. */
+  #refresh<T>(
+    key: string,
+    rkey: string,
+    factory: (context: FactoryContext) => T | Promise<T>,
+    options: GetOrSetOptions<T>,
+    entry: StoredEntry,
+  ): void {
+    if (this.#core.flights.has(rkey)) return
+    this.#core.flights
+      .run(rkey, () => this.#compute(key, rkey, factory, this.#policy(options), entry, true, false))
+      .catch((error: unknown) => {
+        this.#kit.events.emit('cache:error', { cache: this.name, key, error: error as Error })
+      })
+  }
+}
+
+function parentBase(o: ResolvedCacheEngineOptions): CacheEngineOptions {
+  return {
+    l1: o.l1,
+    ttl: o.ttlMs,
+    grace: o.graceMs,
+    staleIfError: o.staleIfErrorMs,
+    jitter: o.jitter,
+    maxSize: o.maxSize,
+    compressAbove: o.compressAbove,
+    lease: o.leaseMs,
+    wait: o.waitMs,
+    tagCacheTtl: o.tagCacheTtlMs,
+  }
+}
+
+/** XFetch (Vattani et al.): refresh early with a probability rising as expiry nears. */
+function earlyRefresh(entry: StoredEntry, now: number, xfetch: boolean | number): boolean {
+  const beta = xfetch === true ? 1 : Number(xfetch)
+  if (!(beta > 0)) return false
+  const delta = Math.max(entry.computeMs, 1)
+  return now - delta * beta * Math.log(Math.random()) >= entry.freshUntil
+}
+
+function sameTags(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((tag, i) => tag === b[i])
+}
+
+/** Escapes a user key like `keyPart()` does (no separator or hash-tag injection). */
+function escapePart(key: string): string {
+  return /[%:{}]/.test(key)
+    ? key.replace(/[%:{}]/g, (c) => ({ '%': '%25', ':': '%3A', '{': '%7B', '}': '%7D' })[c] ?? c)
+    : key
+}
+
+interface ScanNode {
+  scan(
+    cursor: string,
+    match: 'MATCH',
+    pattern: string,
+    count: 'COUNT',
+    n: string,
+  ): Promise<[string, string[]]>
+  pipeline(): { unlink(key: string): unknown; exec(): Promise<unknown> }
+}
+
+function isClusterClient(client: unknown): client is { nodes(role: 'master'): ScanNode[] } {
+  return (client as { isCluster?: boolean }).isCluster === true
+}

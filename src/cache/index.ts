@@ -1,0 +1,8 @@
+export type { CachedFunction, CachedMethodOptions, CachedOptions } from './cached.js'
+export { argumentsKey, cached, cachedMethod } from './cached.js'
+export type { FactoryContext, GetOrSetOptions, SetOptions, TagSnapshot, WriteEntryOptions } from './engine.js'
+export { CacheEngine } from './engine.js'
+export type { RawEntry } from './entry.js'
+export type { CacheEngineOptions, ResolvedCacheEngineOptions } from './options.js'
+export { CACHE_DEFAULTS, resolveCacheEngineOptions } from './options.js'
+export { SingleFlight } from './single-flight.js'
