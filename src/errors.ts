@@ -96,3 +96,56 @@ export class LockUnavailableError extends RedkitError {
     this.attempts = context.attempts ?? 0
   }
 }
+
+/**
+ * An outbound rate-limit queue could not grant tokens: the queue is full, the wait deadline
+ * passed, or the cost exceeds what a window can ever grant.
+ */
+export class RateLimitQueueError extends RedkitError {
+  static override readonly code: string = 'E_RATE_LIMIT_QUEUE'
+  /** Name of the queue's policy. */
+  readonly policy: string
+
+  constructor(message: string, policy: string, options?: { cause?: unknown }) {
+    super(message, options)
+    this.policy = policy
+  }
+}
+
+/** A session would exceed the configured `maxSize` once serialized: it is not stored. */
+export class SessionTooLargeError extends RedkitError {
+  static override readonly code: string = 'E_SESSION_TOO_LARGE'
+  /** Serialized size of the session in bytes (field names and values). */
+  readonly bytes: number
+  /** The configured limit in bytes. */
+  readonly maxSize: number
+
+  constructor(bytes: number, maxSize: number) {
+    super(
+      `The session is ${bytes} bytes once serialized, over the maxSize of ${maxSize} bytes; store less in ` +
+        'the session (ids instead of objects) or raise maxSize.',
+    )
+    this.bytes = bytes
+    this.maxSize = maxSize
+  }
+}
+
+/**
+ * With `onConflict: 'reject'`, another request changed the session after this one loaded it: the
+ * write is refused so that neither change is silently lost.
+ */
+export class SessionConflictError extends RedkitError {
+  static override readonly code: string = 'E_SESSION_CONFLICT'
+  /** Version the request loaded and the version found in Redis. */
+  readonly expectedVersion: string
+  readonly actualVersion: string
+
+  constructor(expectedVersion: string, actualVersion: string) {
+    super(
+      `The session changed concurrently (loaded version ${expectedVersion || 'none'}, stored ` +
+        `${actualVersion || 'none'}); reload it and apply the change again.`,
+    )
+    this.expectedVersion = expectedVersion
+    this.actualVersion = actualVersion
+  }
+}

@@ -1,0 +1,331 @@
+import { createHash } from 'node:crypto'
+import { LRUCache } from 'lru-cache'
+import { RateLimiterMemory, type RateLimiterRes } from 'rate-limiter-flexible'
+import { isConnectionError } from '../connection/hub.js'
+import type { ModuleKeys } from '../keys.js'
+import type { Redkit } from '../kit.js'
+import type { ResolvedLimit, ResolvedPolicy } from './options.js'
+import { CONSUME, PEEK, REFUND } from './scripts.js'
+
+declare module '../events.js' {
+  interface RedkitEventMap {
+    /** A rate-limit check let a request through. */
+    'ratelimit:allowed': { policy: string }
+    /** A rate-limit check rejected a request (a limit exceeded, the key blocked, or fail-closed). */
+    'ratelimit:blocked': { policy: string; retryAfterMs: number }
+  }
+}
+
+/** State of one limit after a check. */
+export interface LimitState {
+  /** The limit's name, as in the RateLimit header fields. */
+  name: string
+  /** Points per window. */
+  limit: number
+  /** Points left in the current window (after this request when it was allowed). */
+  remaining: number
+  /** Milliseconds until the current window ends. */
+  resetMs: number
+}
+
+/** Where a decision came from. */
+export type RateLimitSource = 'redis' | 'block-cache' | 'memory' | 'fail-open' | 'fail-closed'
+
+/** Answer of a rate-limit check. */
+export interface RateLimitResult {
+  /** True when the request may proceed (and its cost was consumed from every limit). */
+  allowed: boolean
+  /** Milliseconds to wait before trying again; 0 when allowed. */
+  retryAfterMs: number
+  /** One entry per limit of the policy (empty when Redis was down and the mode is open/closed). */
+  limits: LimitState[]
+  /** Names of the limits this request would have exceeded (empty when allowed or only blocked). */
+  violated: string[]
+  /** True when rejected because the key is blocked (`blockDuration` or `block()`). */
+  blocked: boolean
+  /**
+   * `'redis'` (the shared counters), `'block-cache'` (a block remembered in memory: no Redis call),
+   * `'memory'` (the insurance limiter, Redis being unreachable), `'fail-open'` / `'fail-closed'`.
+   */
+  source: RateLimitSource
+}
+
+/** Keys longer than this are hashed, so that a huge key cannot bloat Redis. */
+const MAX_KEY_LENGTH = 200
+/** Retry hint of a fail-closed answer: about one circuit-breaker cooldown. */
+const FAIL_CLOSED_RETRY_MS = 1000
+const BLOCK_CACHE_SIZE = 10_000
+
+/**
+ * One resolved policy: its limits checked together in one atomic round trip per request, its
+ * in-memory block cache and its insurance limiter. Get one with `kit.rateLimits.policy(options)`.
+ */
+export class RateLimitPolicy {
+  readonly name: string
+  readonly limits: readonly ResolvedLimit[]
+  readonly blockMs: number
+  readonly onRedisError: ResolvedPolicy['onRedisError']
+  /** The `RateLimit-Policy` field value (draft-ietf-httpapi-ratelimit-headers-11 §3). */
+  readonly policyField: string
+  readonly #kit: Redkit
+  readonly #keys: ModuleKeys
+  /** Blocked keys and when their block ends (ms since epoch), so blocked requests skip Redis. */
+  readonly #blocks = new LRUCache<string, number>({ max: BLOCK_CACHE_SIZE })
+  readonly #limitArgs: number[]
+  #memory: RateLimiterMemory[] | undefined
+
+  constructor(kit: Redkit, resolved: ResolvedPolicy) {
+    this.#kit = kit
+    this.#keys = kit.keys.module('ratelimit')
+    this.name = resolved.name
+    this.limits = resolved.limits
+    this.blockMs = resolved.blockMs
+    this.onRedisError = resolved.onRedisError
+    this.policyField = resolved.limits.map((l) => l.policyItem).join(', ')
+    this.#limitArgs = resolved.limits.flatMap((l) => [l.points, l.durationMs])
+  }
+
+  /**
+   * Consumes `cost` from every limit for `key` if all have room, else from none. Never throws for
+   * Redis being unreachable: then `onRedisError` decides. Reply errors (a bug) are thrown.
+   *
+   * @example
+   * const r = await policy.consume('user:42')
+   * if (!r.allowed) console.log(`retry in ${r.retryAfterMs} ms`)
+   */
+  async consume(key: string | number, cost = 1): Promise<RateLimitResult> {
+    const id = normalizeKey(key)
+    const blockedFor = this.#blockedFor(id)
+    const result =
+      blockedFor > 0 ? this.#blockedResult(blockedFor, 'block-cache') : await this.#consumeShared(id, cost)
+    const events = this.#kit.events
+    if (result.allowed) {
+      if (events.has('ratelimit:allowed')) events.emit('ratelimit:allowed', { policy: this.name })
+    } else if (events.has('ratelimit:blocked')) {
+      events.emit('ratelimit:blocked', { policy: this.name, retryAfterMs: result.retryAfterMs })
+    }
+    return result
+  }
+
+  async #consumeShared(id: string, cost: number): Promise<RateLimitResult> {
+    const keys = this.#redisKeys(id)
+    let reply: number[]
+    try {
+      reply = (await this.#kit.hub.exec((redis) =>
+        CONSUME.run(redis, keys, [cost, this.blockMs, ...this.#limitArgs]),
+      )) as number[]
+    } catch (error) {
+      if (!isConnectionError(error)) throw error
+      return this.#fallback(id, cost)
+    }
+    const result = this.#parse(reply, cost)
+    if (result.blocked || (!result.allowed && reply[1]! > 0)) this.#rememberBlock(id, reply[1]!)
+    return result
+  }
+
+  /**
+   * The current state for `key` without consuming: `allowed` tells whether a cost of 1 would
+   * pass now. Throws `ConnectionError` when Redis is unreachable, except in `'memory'` mode.
+   */
+  async get(key: string | number): Promise<RateLimitResult> {
+    const id = normalizeKey(key)
+    const blockedFor = this.#blockedFor(id)
+    if (blockedFor > 0) return this.#blockedResult(blockedFor, 'block-cache')
+    try {
+      const reply = (await this.#kit.hub.exec((redis) =>
+        PEEK.run(redis, this.#redisKeys(id), [1, 0, ...this.#limitArgs]),
+      )) as number[]
+      return this.#parse(reply, 1)
+    } catch (error) {
+      if (!isConnectionError(error) || this.onRedisError !== 'memory') throw error
+      return this.#memoryPeek(id)
+    }
+  }
+
+  /** Clears the counters and any block of `key` (in Redis and in this instance's memory). */
+  async reset(key: string | number): Promise<void> {
+    const id = normalizeKey(key)
+    this.#blocks.delete(id)
+    for (const limiter of this.#memory ?? []) await limiter.delete(id)
+    const keys = this.#redisKeys(id)
+    await this.#kit.hub.exec((redis) => redis.del(...keys))
+  }
+
+  /**
+   * Blocks `key` for `durationMs` on every instance (a Redis key checked by each consume) and
+   * remembers it here, so this instance rejects it without a Redis call.
+   */
+  async block(key: string | number, durationMs: number): Promise<void> {
+    const id = normalizeKey(key)
+    if (durationMs <= 0) return
+    this.#rememberBlock(id, durationMs)
+    const blockKey = this.#redisKeys(id)[0]!
+    await this.#kit.hub.exec((redis) => redis.set(blockKey, 1, 'PX', Math.ceil(durationMs)))
+  }
+
+  /** Gives `cost` points back to every limit of `key` (never below zero; windows unchanged). */
+  async refund(key: string | number, cost = 1): Promise<void> {
+    const id = normalizeKey(key)
+    for (const limiter of this.#memory ?? []) {
+      const state = await limiter.get(id)
+      if (state && state.consumedPoints > 0) await limiter.reward(id, Math.min(cost, state.consumedPoints))
+    }
+    const counters = this.#redisKeys(id).slice(1)
+    try {
+      await this.#kit.hub.exec((redis) => REFUND.run(redis, counters, [cost]))
+    } catch (error) {
+      if (!isConnectionError(error) || this.onRedisError !== 'memory') throw error
+    }
+  }
+
+  /** `[block key, counter of limit 1, ...]`: one hash tag per policy and key (Cluster-safe). */
+  #redisKeys(id: string): string[] {
+    // The policy name cannot contain '/', and keyPart() escapes ':' and braces in the key.
+    const base = this.#keys.tagged(`${this.name}/${id}`)
+    const keys = [`${base}:blocked`]
+    for (const limit of this.limits) keys.push(`${base}:${limit.name}`)
+    return keys
+  }
+
+  #parse(reply: number[], cost: number): RateLimitResult {
+    const status = Number(reply[0])
+    const limits: LimitState[] = []
+    const violated: string[] = []
+    let retryAfterMs = status === 1 ? 0 : Number(reply[1])
+    for (let i = 0; i < this.limits.length; i++) {
+      const limit = this.limits[i]!
+      const used = Number(reply[2 + 2 * i])
+      const ttl = Number(reply[3 + 2 * i])
+      const resetMs = ttl > 0 ? ttl : limit.durationMs
+      limits.push({
+        name: limit.name,
+        limit: limit.points,
+        remaining: Math.max(0, limit.points - used),
+        resetMs,
+      })
+      if (status === 0 && used + cost > limit.points) {
+        violated.push(limit.name)
+        if (resetMs > retryAfterMs) retryAfterMs = resetMs
+      }
+    }
+    return { allowed: status === 1, retryAfterMs, limits, violated, blocked: status === -1, source: 'redis' }
+  }
+
+  #blockedFor(id: string): number {
+    const until = this.#blocks.get(id)
+    if (until === undefined) return 0
+    const left = until - Date.now()
+    if (left > 0) return left
+    this.#blocks.delete(id)
+    return 0
+  }
+
+  #rememberBlock(id: string, ms: number): void {
+    const until = Date.now() + ms
+    if ((this.#blocks.get(id) ?? 0) < until) this.#blocks.set(id, until)
+  }
+
+  #blockedResult(ms: number, source: RateLimitSource): RateLimitResult {
+    return {
+      allowed: false,
+      retryAfterMs: ms,
+      limits: this.limits.map((l) => ({ name: l.name, limit: l.points, remaining: 0, resetMs: ms })),
+      violated: [],
+      blocked: true,
+      source,
+    }
+  }
+
+  #fallback(id: string, cost: number): Promise<RateLimitResult> | RateLimitResult {
+    if (this.onRedisError === 'memory') return this.#memoryConsume(id, cost)
+    const allowed = this.onRedisError === 'open'
+    return {
+      allowed,
+      retryAfterMs: allowed ? 0 : FAIL_CLOSED_RETRY_MS,
+      limits: [],
+      violated: [],
+      blocked: false,
+      source: allowed ? 'fail-open' : 'fail-closed',
+    }
+  }
+
+  #memoryLimiters(): RateLimiterMemory[] {
+    this.#memory ??= this.limits.map(
+      (l) => new RateLimiterMemory({ points: l.points, duration: l.durationMs / 1000, keyPrefix: l.name }),
+    )
+    return this.#memory
+  }
+
+  /**
+   * The insurance path: rate-limiter-flexible's memory limiter, one per limit. Its consume counts
+   * even a rejected request, so on any rejection every limit gets the cost back (consume from
+   * none, as with Redis).
+   */
+  async #memoryConsume(id: string, cost: number): Promise<RateLimitResult> {
+    const limiters = this.#memoryLimiters()
+    // Called back to back without awaiting: the memory store updates synchronously, so no other
+    // request can interleave between the limits.
+    const settled = await Promise.all(
+      limiters.map((m) =>
+        m.consume(id, cost).then(
+          (res) => ({ ok: true, res }),
+          (res: unknown) => ({ ok: false, res }),
+        ),
+      ),
+    )
+    for (const s of settled) if (s.res instanceof Error) throw s.res
+    const allowed = settled.every((s) => s.ok)
+    if (!allowed) await Promise.all(limiters.map((m) => m.reward(id, cost)))
+    const limits: LimitState[] = []
+    const violated: string[] = []
+    let retryAfterMs = 0
+    for (let i = 0; i < limiters.length; i++) {
+      const limit = this.limits[i]!
+      const res = settled[i]!.res as RateLimiterRes
+      const resetMs = res.msBeforeNext > 0 ? res.msBeforeNext : limit.durationMs
+      const used = allowed ? res.consumedPoints : res.consumedPoints - cost
+      limits.push({
+        name: limit.name,
+        limit: limit.points,
+        remaining: Math.max(0, limit.points - used),
+        resetMs,
+      })
+      if (!settled[i]!.ok) {
+        violated.push(limit.name)
+        retryAfterMs = Math.max(retryAfterMs, resetMs)
+      }
+    }
+    if (!allowed && this.blockMs > 0) {
+      this.#rememberBlock(id, this.blockMs)
+      retryAfterMs = Math.max(retryAfterMs, this.blockMs)
+    }
+    return { allowed, retryAfterMs, limits, violated, blocked: false, source: 'memory' }
+  }
+
+  async #memoryPeek(id: string): Promise<RateLimitResult> {
+    const limiters = this.#memoryLimiters()
+    const limits: LimitState[] = []
+    let allowed = true
+    for (let i = 0; i < limiters.length; i++) {
+      const limit = this.limits[i]!
+      const res = await limiters[i]!.get(id)
+      const used = res?.consumedPoints ?? 0
+      if (used + 1 > limit.points) allowed = false
+      const resetMs = res && res.msBeforeNext > 0 ? res.msBeforeNext : limit.durationMs
+      limits.push({
+        name: limit.name,
+        limit: limit.points,
+        remaining: Math.max(0, limit.points - used),
+        resetMs,
+      })
+    }
+    return { allowed, retryAfterMs: 0, limits, violated: [], blocked: false, source: 'memory' }
+  }
+}
+
+/** A key as stored: strings longer than {@link MAX_KEY_LENGTH} are replaced by their SHA-256. */
+export function normalizeKey(key: string | number): string {
+  const text = typeof key === 'number' ? String(key) : key
+  if (typeof text !== 'string') return String(text)
+  return text.length > MAX_KEY_LENGTH ? `sha256-${createHash('sha256').update(text).digest('hex')}` : text
+}

@@ -1,0 +1,197 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { ConfigError, createRedkit, RateLimitQueueError, type Redkit } from '../../src/index.js'
+import { type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/index.js'
+
+let redis: StandaloneRedis
+const kits: Redkit[] = []
+const prefix = uniquePrefix('ratelimit')
+
+function kit(): Redkit {
+  const k = createRedkit({ redis: redis.url, prefix, configFile: false, env: {} })
+  kits.push(k)
+  return k
+}
+
+beforeAll(async () => {
+  redis = await startRedis()
+})
+
+afterAll(async () => {
+  await Promise.all(kits.map((k) => k.close()))
+  await redis?.stop()
+})
+
+describe('kit.rateLimits on a standalone server', () => {
+  it('allows exactly 100 of 1000 concurrent consumes from three kits at a 100-point limit', async () => {
+    const three = [kit(), kit(), kit()]
+    const options = { name: 'conc', limits: [{ points: 100, duration: '1m' }] }
+    const results = await Promise.all(
+      Array.from({ length: 1000 }, (_, i) => three[i % 3]!.rateLimits.consume('shared', options)),
+    )
+    expect(results.filter((r) => r.allowed)).toHaveLength(100)
+    expect(results.every((r) => r.source === 'redis')).toBe(true)
+    const state = await three[0]!.rateLimits.get('shared', options)
+    expect(state.limits[0]).toMatchObject({ limit: 100, remaining: 0 })
+    expect(state.allowed).toBe(false)
+  })
+
+  it('rejects a request from every limit when one is full and leaves the other count untouched', async () => {
+    const k = kit()
+    const options = {
+      name: 'two',
+      limits: [
+        { name: 'second', points: 3, duration: '1m' },
+        { name: 'day', points: 1000, duration: '1d' },
+      ],
+    }
+    for (let i = 0; i < 3; i++) expect((await k.rateLimits.consume('u1', options)).allowed).toBe(true)
+    const rejected = await k.rateLimits.consume('u1', options)
+    expect(rejected.allowed).toBe(false)
+    expect(rejected.violated).toEqual(['second'])
+    expect(rejected.retryAfterMs).toBeGreaterThan(0)
+    expect(rejected.retryAfterMs).toBeLessThanOrEqual(60_000)
+    const keys = k.keys.module('ratelimit')
+    const base = keys.tagged('two/u1')
+    expect(await k.redis.get(`${base}:day`)).toBe('3')
+    expect(await k.redis.get(`${base}:second`)).toBe('3')
+    const more = await Promise.all(Array.from({ length: 20 }, () => k.rateLimits.consume('u1', options)))
+    expect(more.every((r) => !r.allowed)).toBe(true)
+    expect(await k.redis.get(`${base}:day`)).toBe('3')
+    expect(rejected.limits).toEqual([
+      { name: 'second', limit: 3, remaining: 0, resetMs: expect.any(Number) },
+      { name: 'day', limit: 1000, remaining: 997, resetMs: expect.any(Number) },
+    ])
+  })
+
+  it('reports remaining points and window, with a TTL on every counter', async () => {
+    const k = kit()
+    const options = { name: 'ttl', limits: [{ name: 'm', points: 10, duration: '1m' }] }
+    const r = await k.rateLimits.consume('a', { ...options, cost: 4 })
+    expect(r).toMatchObject({ allowed: true, retryAfterMs: 0, violated: [], blocked: false })
+    expect(r.limits[0]).toMatchObject({ name: 'm', limit: 10, remaining: 6 })
+    expect(r.limits[0]!.resetMs).toBeGreaterThan(55_000)
+    const ttl = await k.redis.pttl(`${k.keys.module('ratelimit').tagged('ttl/a')}:m`)
+    expect(ttl).toBeGreaterThan(55_000)
+    expect((await k.rateLimits.consume('a', { ...options, cost: 7 })).allowed).toBe(false)
+    expect((await k.rateLimits.consume('a', { ...options, cost: 6 })).allowed).toBe(true)
+  })
+
+  it('keeps keys with separators and braces apart, in one hash tag per policy and key', async () => {
+    const k = kit()
+    const options = { name: 'inj', limits: [{ points: 1, duration: '1m' }] }
+    const tricky = ['a:b', 'a', 'b', '{a}', 'a}:{b', '%3A', ':', '', 'a/b', 'x'.repeat(5000)]
+    const results = await Promise.all(tricky.map((key) => k.rateLimits.consume(key, options)))
+    expect(results.every((r) => r.allowed)).toBe(true)
+    const keys = await k.redis.keys(`${prefix}:ratelimit:{inj/*`)
+    expect(keys).toHaveLength(tricky.length)
+    for (const key of keys) {
+      // exactly one opening and one closing brace: user input never adds or closes a tag
+      expect(key.split('{')).toHaveLength(2)
+      expect(key.split('}')).toHaveLength(2)
+      expect(key.length).toBeLessThan(300)
+    }
+  })
+
+  it('rejects a bad programmatic cost with ConfigError and never consumes', async () => {
+    const k = kit()
+    const options = { name: 'cost', limits: [{ points: 5, duration: '1m' }] }
+    for (const cost of [0, -1, Number.NaN, 1.5]) {
+      expect(() => k.rateLimits.consume('c', { ...options, cost })).toThrow(ConfigError)
+    }
+    expect((await k.rateLimits.get('c', options)).limits[0]?.remaining).toBe(5)
+  })
+
+  it('rejects a cost larger than a limit every time', async () => {
+    const k = kit()
+    const options = { name: 'big', limits: [{ points: 5, duration: '1m' }] }
+    const r = await k.rateLimits.consume('c', { ...options, cost: 6 })
+    expect(r.allowed).toBe(false)
+    expect(r.violated).toHaveLength(1)
+  })
+
+  it('blocks a key after it exceeds a limit and then rejects it from memory without a Redis call', async () => {
+    const k = kit()
+    const other = kit()
+    const options = { name: 'blk', limits: [{ points: 2, duration: '1m' }], blockDuration: '30s' }
+    await k.rateLimits.consume('b', options)
+    await k.rateLimits.consume('b', options)
+    const over = await k.rateLimits.consume('b', options)
+    expect(over.allowed).toBe(false)
+    expect(over.retryAfterMs).toBeGreaterThanOrEqual(30_000)
+    let commands = 0
+    k.on('command', () => commands++)
+    const again = await k.rateLimits.consume('b', options)
+    expect(again).toMatchObject({ allowed: false, blocked: true, source: 'block-cache' })
+    expect(commands).toBe(0)
+    // Another instance learns the block from Redis once, then also answers from memory.
+    const seen = await other.rateLimits.consume('b', options)
+    expect(seen).toMatchObject({ allowed: false, blocked: true, source: 'redis' })
+    expect(seen.retryAfterMs).toBeGreaterThan(25_000)
+    expect((await other.rateLimits.consume('b', options)).source).toBe('block-cache')
+  })
+
+  it('blocks, gets and resets a key on demand', async () => {
+    const k = kit()
+    const options = { name: 'ops', limits: [{ points: 3, duration: '1m' }] }
+    await k.rateLimits.consume('x', options)
+    await k.rateLimits.block('x', { ...options, duration: '10s' })
+    const blocked = await kit().rateLimits.consume('x', options)
+    expect(blocked).toMatchObject({ allowed: false, blocked: true })
+    expect(blocked.retryAfterMs).toBeGreaterThan(9000)
+    const state = await k.rateLimits.get('x', options)
+    expect(state.blocked).toBe(true)
+    await k.rateLimits.reset('x', options)
+    const fresh = await k.rateLimits.consume('x', options)
+    expect(fresh.allowed).toBe(true)
+    expect(fresh.limits[0]?.remaining).toBe(2)
+    await k.rateLimits.refund('x', options)
+    expect((await k.rateLimits.get('x', options)).limits[0]?.remaining).toBe(3)
+  })
+
+  it('emits ratelimit:allowed and ratelimit:blocked with the policy name', async () => {
+    const k = kit()
+    const allowed: string[] = []
+    const blocked: Array<{ policy: string; retryAfterMs: number }> = []
+    k.on('ratelimit:allowed', (e) => allowed.push(e.policy))
+    k.on('ratelimit:blocked', (e) => blocked.push(e))
+    const options = { name: 'ev', limits: [{ points: 1, duration: '1m' }] }
+    await k.rateLimits.consume('e', options)
+    await k.rateLimits.consume('e', options)
+    expect(allowed).toEqual(['ev'])
+    expect(blocked).toHaveLength(1)
+    expect(blocked[0]?.policy).toBe('ev')
+    expect(blocked[0]?.retryAfterMs).toBeGreaterThan(0)
+  })
+
+  it('queues outbound calls until the limit has room instead of rejecting them', async () => {
+    const k = kit()
+    const queue = k.rateLimits.queue({ name: 'outbound', limits: [{ points: 3, duration: '1s' }] })
+    const started = Date.now()
+    const done: number[] = []
+    await Promise.all(
+      Array.from({ length: 7 }, (_, i) =>
+        queue.run(() => {
+          done.push(i)
+          return i
+        }),
+      ),
+    )
+    expect(done).toEqual([0, 1, 2, 3, 4, 5, 6])
+    // 7 calls at 3 per second need at least two window changes.
+    expect(Date.now() - started).toBeGreaterThanOrEqual(1500)
+  })
+
+  it('refuses queued work that can never fit, overflows the queue, or waits past its deadline', async () => {
+    const k = kit()
+    const queue = k.rateLimits.queue({
+      name: 'tiny',
+      limits: [{ points: 2, duration: '2s' }],
+      maxQueueSize: 1,
+    })
+    await expect(queue.take({ cost: 3 })).rejects.toBeInstanceOf(RateLimitQueueError)
+    await queue.take({ cost: 2 })
+    const waiting = queue.take({ maxWait: '1s' })
+    await expect(queue.take()).rejects.toMatchObject({ code: 'E_RATE_LIMIT_QUEUE' })
+    await expect(waiting).rejects.toMatchObject({ code: 'E_RATE_LIMIT_QUEUE', policy: 'tiny' })
+  })
+})
