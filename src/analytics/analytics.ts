@@ -381,7 +381,8 @@ export class Analytics {
   /** False (and counted) when the in-memory bound is reached. */
   #admit(): boolean {
     if (this.#closed) return false
-    if (this.#pending.size < this.#options.maxPending) return true
+    // One recording adds at most eight entries (a request: five counts, two ranks, a visitor).
+    if (this.#pending.size + 8 <= this.#options.maxPending) return true
     this.#drop(1)
     return false
   }
@@ -445,7 +446,6 @@ export class Analytics {
   }
 
   async #send(batch: PendingWrites): Promise<FlushResult> {
-    this.#expand(batch)
     if (batch.visitors.size > 0) {
       try {
         await this.#saltVisitors(batch)
@@ -454,12 +454,18 @@ export class Analytics {
         return { commands: 0, ok: false }
       }
     }
+    // Counts stay compact in `batch` (one entry per metric and minute) so that a failed flush
+    // puts back exactly what was admitted; the bucket increments exist only in this flush.
+    const series = new PendingWrites()
+    this.#expand(batch, series)
     const commands: Command[] = []
     const undo: Array<(() => void) | null> = []
-    for (const [key, fields] of batch.hincr) {
-      for (const [field, n] of fields) {
-        commands.push(['hincrby', key, field, n])
-        undo.push(() => this.#retry(batch, key, (p) => p.hashIncr(key, field, n)))
+    for (const source of [series, batch]) {
+      for (const [key, fields] of source.hincr) {
+        for (const [field, n] of fields) {
+          commands.push(['hincrby', key, field, n])
+          undo.push(() => this.#retry(source, key, (p) => p.hashIncr(key, field, n)))
+        }
       }
     }
     for (const [key, members] of batch.zincr) {
@@ -470,20 +476,16 @@ export class Analytics {
     }
     for (const [key, ids] of batch.pfadd) {
       commands.push(['pfadd', key, ...ids])
-      undo.push(() =>
-        this.#retry(batch, key, (p) => {
-          for (const id of ids) p.unique(key, id)
-        }),
-      )
+      undo.push(() => {
+        for (const id of ids) this.#retry(batch, key, (p) => p.unique(key, id))
+      })
     }
     for (const [key, entries] of batch.lpush) {
       commands.push(['lpush', key, ...entries])
       const cap = batch.keep.get(key) ?? this.#options.recentEvents
-      undo.push(() =>
-        this.#retry(batch, key, (p) => {
-          for (const e of entries) p.log(key, e, cap)
-        }),
-      )
+      undo.push(() => {
+        for (const e of entries) this.#retry(batch, key, (p) => p.log(key, e, cap))
+      })
     }
     for (const [key, keep] of batch.keep) {
       commands.push(
@@ -491,14 +493,21 @@ export class Analytics {
       )
       undo.push(null)
     }
-    for (const [key, at] of batch.expireAt) {
-      commands.push(['pexpireat', key, at])
-      undo.push(null)
+    for (const source of [series, batch]) {
+      for (const [key, at] of source.expireAt) {
+        commands.push(['pexpireat', key, at])
+        undo.push(null)
+      }
     }
     let replies: Reply[]
     try {
       replies = await this.#kit.hub.exec((redis) => runBatch(redis, commands))
     } catch {
+      this.#restore(batch)
+      return { commands: commands.length, ok: false }
+    }
+    if (replies.length > 0 && replies.every(([error]) => error && isConnectionError(error))) {
+      // Nothing was written (the usual case while Redis is away): keep the compact form.
       this.#restore(batch)
       return { commands: commands.length, ok: false }
     }
@@ -515,8 +524,8 @@ export class Analytics {
     return { commands: commands.length, ok }
   }
 
-  /** Turns per-minute counts into bucket increments (minute, hour, day) and totals. */
-  #expand(batch: PendingWrites): void {
+  /** Turns the per-minute counts of `batch` into bucket increments (minute, hour, day) and totals. */
+  #expand(batch: PendingWrites, into: PendingWrites): void {
     const totals = this.#keys.key('totals')
     for (const [metric, byMinute] of batch.counts) {
       let total = 0
@@ -526,13 +535,12 @@ export class Analytics {
           const chunk = chunkStart(minute, granularity)
           const { size, chunk: span, code } = GRANULARITIES[granularity]
           const key = this.#keys.key('s', code, metric, chunk)
-          batch.hashIncr(key, String((minute - chunk - ((minute - chunk) % size)) / size), n)
-          batch.expire(key, chunk + span + this.#options.retentionMs[granularity])
+          into.hashIncr(key, String(Math.floor((minute - chunk) / size)), n)
+          into.expire(key, chunk + span + this.#options.retentionMs[granularity])
         }
       }
-      batch.hashIncr(totals, metric, total)
+      into.hashIncr(totals, metric, total)
     }
-    batch.counts.clear()
   }
 
   async #saltVisitors(batch: PendingWrites): Promise<void> {
@@ -579,26 +587,24 @@ export class Analytics {
   }
 
   #restore(batch: PendingWrites): void {
+    for (const [metric, byMinute] of batch.counts) {
+      for (const [minute, n] of byMinute) this.#retry(batch, metric, (p) => p.count(metric, minute, n))
+    }
     for (const [key, fields] of batch.hincr) {
       for (const [field, n] of fields) this.#retry(batch, key, (p) => p.hashIncr(key, field, n))
     }
     for (const [key, members] of batch.zincr) {
       for (const [member, n] of members) this.#retry(batch, key, (p) => p.rank(key, member, n))
     }
-    for (const [key, ids] of batch.pfadd)
-      this.#retry(batch, key, (p) => {
-        for (const id of ids) p.unique(key, id)
-      })
+    for (const [key, ids] of batch.pfadd) {
+      for (const id of ids) this.#retry(batch, key, (p) => p.unique(key, id))
+    }
     for (const [metricDay, fps] of batch.visitors) {
-      this.#retry(batch, metricDay, (p) => {
-        for (const fp of fps) p.visitor(metricDay, fp)
-      })
+      for (const fp of fps) this.#retry(batch, metricDay, (p) => p.visitor(metricDay, fp))
     }
     for (const [key, entries] of batch.lpush) {
       const cap = batch.keep.get(key) ?? this.#options.recentEvents
-      this.#retry(batch, key, (p) => {
-        for (const e of entries) p.log(key, e, cap)
-      })
+      for (const e of entries) this.#retry(batch, key, (p) => p.log(key, e, cap))
     }
   }
 
@@ -725,15 +731,20 @@ export class Analytics {
       totals,
       today,
       uniquesToday,
-      writer: {
-        batch: this.#options.batch,
-        pending: this.#pending.size,
-        dropped: this.#dropped,
-        rejected: this.#rejected,
-        flushes: this.#flushes,
-        failedFlushes: this.#failedFlushes,
-        lastFlushAt: this.#lastFlushAt,
-      },
+      writer: this.writer,
+    }
+  }
+
+  /** State of the batching writer, without a round trip (works while Redis is down). */
+  get writer(): AnalyticsStats['writer'] {
+    return {
+      batch: this.#options.batch,
+      pending: this.#pending.size,
+      dropped: this.#dropped,
+      rejected: this.#rejected,
+      flushes: this.#flushes,
+      failedFlushes: this.#failedFlushes,
+      lastFlushAt: this.#lastFlushAt,
     }
   }
 }

@@ -1,0 +1,93 @@
+import { Redis } from 'ioredis'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { createRedkit, type Redkit } from '../../src/index.js'
+import { type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/index.js'
+
+let redis: StandaloneRedis
+let kit: Redkit
+
+beforeAll(async () => {
+  redis = await startRedis()
+  kit = createRedkit({ redis: redis.url, prefix: uniquePrefix('analytics-down'), configFile: false, env: {} })
+})
+afterAll(async () => {
+  await kit.close()
+  await redis.stop()
+})
+
+async function until(check: () => Promise<boolean>, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs
+  while (Date.now() < deadline) {
+    try {
+      if (await check()) return true
+    } catch {
+      // not back yet
+    }
+    await new Promise((r) => setTimeout(r, 50))
+  }
+  return false
+}
+
+describe('Redis killed and restarted', () => {
+  it('keeps counts in memory while Redis is down and flushes them when it returns', async () => {
+    // A long interval: what brings the counts back is the kit's reconnect ('ready'), not a timer.
+    const a = kit.analytics.configure({ flushInterval: '1h', maxBatch: 100_000, maxPending: 5000 })
+    a.count('before', 1)
+    a.pageView('/warm', { visitorId: 'w' })
+    await a.flush()
+    expect((await a.stats()).totals.before).toBe(1)
+
+    await redis.server.kill()
+    const started = performance.now()
+    for (let i = 0; i < 1000; i++) a.count('while.down')
+    for (let i = 0; i < 20; i++) a.pageView('/down', { visitorId: `v${i}` })
+    a.event('signup', { plan: 'pro' })
+    // Recording is synchronous and does not wait for Redis.
+    expect(performance.now() - started).toBeLessThan(1000)
+    const flushed = await a.flush()
+    expect(flushed.ok).toBe(false)
+    expect(performance.now() - started).toBeLessThan(3000)
+    expect(a.writer.pending).toBeGreaterThan(0)
+    expect(a.writer.failedFlushes).toBeGreaterThan(0)
+
+    // Several failing flushes must not lose or double anything.
+    for (let i = 0; i < 3; i++) expect((await a.flush()).ok).toBe(false)
+    await redis.server.start()
+    const back = await until(async () => (await a.stats()).totals['while.down'] === 1000, 10_000)
+    expect(back).toBe(true)
+    const stats = await a.stats()
+    expect(stats.totals).toMatchObject({ 'while.down': 1000, pageviews: 20, signup: 1 })
+    expect(stats.writer.pending).toBe(0)
+    expect(await a.topPages()).toEqual([{ path: '/down', count: 20 }])
+    expect(await a.uniques('pageviews')).toBe(20)
+    expect((await a.recentEvents('signup')).map((e) => e.metadata)).toEqual([{ plan: 'pro' }])
+  })
+
+  it('drops past maxPending while down and counts what it dropped', async () => {
+    const a = kit.analytics.configure({ flushInterval: 100, maxPending: 50 })
+    await redis.server.kill()
+    const dropped: number[] = []
+    const off = kit.on('analytics:dropped', ({ count }) => dropped.push(count))
+    for (let i = 0; i < 200; i++) a.pageView('/flood', { visitorId: `f${i}` })
+    await a.flush()
+    expect(a.writer.pending).toBeLessThanOrEqual(50)
+    expect(a.writer.dropped).toBeGreaterThan(0)
+    expect(dropped.length).toBeGreaterThan(0)
+    off()
+    await redis.server.start()
+    const raw = new Redis(redis.url)
+    try {
+      const back = await until(
+        async () => a.writer.pending === 0 && (await a.stats()).totals.pageviews > 0,
+        10_000,
+      )
+      expect(back).toBe(true)
+      // What was kept is written once; nothing kept is lost.
+      const kept = (await a.stats()).totals.pageviews ?? 0
+      expect(kept).toBeGreaterThan(0)
+      expect(kept).toBeLessThan(200)
+    } finally {
+      raw.disconnect()
+    }
+  })
+})
