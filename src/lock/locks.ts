@@ -39,6 +39,8 @@ type Attempt =
   | { kind: 'granted'; lock: Lock }
   | { kind: 'busy'; leftMs: number }
   | { kind: 'unavailable'; cause: unknown }
+  /** Granted, but too late to be safe (or the fence could not be settled): undone, retryable. */
+  | { kind: 'slow'; cause: unknown }
 
 interface Plan {
   resources: readonly string[]
@@ -113,7 +115,7 @@ export class Locks {
    * @example
    * const lock = await kit.locks.acquire(['account:1', 'account:2'], { ttl: '5s', wait: '2s' })
    */
-  acquire(resources: string | readonly string[], options: AcquireOptions = {}): Promise<Lock> {
+  async acquire(resources: string | readonly string[], options: AcquireOptions = {}): Promise<Lock> {
     const retry = options.retry === undefined ? this.#options.retry : resolveRetry(options.retry, 'retry')
     const waitMs = options.wait === undefined ? undefined : parseDuration(options.wait, 'wait')
     return this.#acquire(resources, options.ttl, retry, waitMs, options.signal)
@@ -238,7 +240,11 @@ export class Locks {
    * @example
    * const receipt = await kit.locks.once(`invoice:${id}:send`, () => sendInvoice(id), { ttl: '7d' })
    */
-  once<T>(key: string, job: (signal: AbortSignal) => Promise<T> | T, options: OnceOptions = {}): Promise<T> {
+  async once<T>(
+    key: string,
+    job: (signal: AbortSignal) => Promise<T> | T,
+    options: OnceOptions = {},
+  ): Promise<T> {
     return runOnce(this.#kit, key, job, {
       ttlMs: parseTtl(options.ttl ?? '24h', 'ttl'),
       leaseMs: options.lease === undefined ? this.#options.ttlMs : parseTtl(options.lease, 'lease'),
@@ -256,7 +262,14 @@ export class Locks {
   // --- acquisition ---
 
   #plan(resources: string | readonly string[]): Plan {
-    const list = typeof resources === 'string' ? [resources] : [...resources]
+    if (typeof resources !== 'string' && !Array.isArray(resources)) {
+      throw new ConfigError(
+        'resources',
+        `must be a string or an array of strings, got ${typeof resources}`,
+        "write 'invoice:42'",
+      )
+    }
+    const list: string[] = typeof resources === 'string' ? [resources] : [...resources]
     if (list.length === 0)
       throw new ConfigError('resources', 'is empty', "name at least one resource: 'invoice:42'")
     const keys = new Array<string>(list.length * 2)
@@ -322,6 +335,14 @@ export class Locks {
         throw this.#unavailable(plan.name, attempts, attempt.cause)
       }
       const now = Date.now()
+      if (attempt.kind === 'slow') {
+        if (attempts >= maxAttempts || now >= deadline) {
+          this.#waited(plan.name, started, attempts)
+          throw this.#unavailable(plan.name, attempts, attempt.cause)
+        }
+        await sleep(Math.max(1, Math.random() * retry.jitterMs), signal)
+        continue
+      }
       if (attempts >= maxAttempts || now >= deadline) {
         this.#waited(plan.name, started, attempts)
         this.#kit.events.emit('lock:busy', { resource: plan.name })
@@ -375,7 +396,7 @@ export class Locks {
       const expiresAt = start + ttlMs - this.#drift(ttlMs)
       if (expiresAt <= Date.now()) {
         this.#undo(plan, token)
-        return { kind: 'unavailable', cause: new Error('Acquisition took longer than the lease.') }
+        return { kind: 'slow', cause: new Error('acquisition took longer than the lease') }
       }
       return { kind: 'granted', lock: this.#lock(plan, token, toFences(reply, plan.n), ttlMs, expiresAt) }
     }
@@ -405,8 +426,8 @@ export class Locks {
       }
       this.#undo(plan, token)
       return {
-        kind: 'unavailable',
-        cause: raised.failed[0]?.error ?? new Error('Acquisition took longer than the lease.'),
+        kind: 'slow',
+        cause: raised.failed[0]?.error ?? new Error('acquisition took longer than the lease'),
       }
     }
     this.#undo(plan, token)
