@@ -1,0 +1,308 @@
+import { createHash, randomBytes } from 'node:crypto'
+import { isCluster, type RedisClient } from '../connection/hub.js'
+import type { ModuleKeys } from '../keys.js'
+import type { Redkit } from '../kit.js'
+import { INDEX_LIST, INDEX_PUT, REMOVE, TOUCH, WRITE } from './scripts.js'
+
+/** Turns one top-level session value into text and back. */
+export interface SessionSerializer {
+  stringify(value: unknown): string
+  parse(text: string): unknown
+}
+
+/** Field prefix of data fields in the session hash; bookkeeping fields start with '#'. */
+export const DATA_PREFIX = '.'
+const VERSION = '#v'
+const USER = '#u'
+/** Ids minted by the repository carry their user's slot tag: `<tag>.<random>`. */
+const TAGGED_ID = /^([0-9a-f]{4})\.([A-Za-z0-9_-]+)$/
+
+/** A session as read from Redis: raw serialized data fields, version and indexed user. */
+export interface RawSession {
+  /** Data field name (without prefix) → serialized value. */
+  fields: Map<string, string>
+  version: string
+  userId: string | undefined
+}
+
+/** What to write (see {@link SessionRepository.write}). */
+export interface WritePlan {
+  /** Serialized data fields to set. */
+  set: Array<[string, string]>
+  /** Data fields to delete. */
+  remove: string[]
+  /** New TTL in ms; -1 keeps the current one. */
+  ttlMs: number
+  /** `undefined` keeps the stored user; `null` clears it. */
+  userId: string | null | undefined
+  /** The user the caller last saw (to move the index entry when the user changes). */
+  previousUserId: string | undefined
+  /** 'new' replaces whatever is stored; 'patch' merges into an existing session; 'strict' also refuses on a version change. */
+  mode: 'new' | 'patch' | 'strict'
+  /** Version the caller loaded (for conflict detection). */
+  expectedVersion: string
+}
+
+/** Outcome of a write. */
+export interface WriteResult {
+  status: 'ok' | 'gone' | 'conflict'
+  version: string
+  /** True when another writer changed the session after the caller loaded it. */
+  conflicted: boolean
+  /** Expiry in ms since the epoch (Redis clock); 0 when unknown. */
+  expiresAt: number
+}
+
+/** One entry of a user index. */
+export interface IndexEntry {
+  id: string
+  expiresAt: number
+}
+
+/**
+ * Storage of sessions shared by `kit.sessions` and the express-session store: one hash per
+ * session (`prefix:<namespace>:{tag}...`) and one sorted set per user scored by expiry
+ * (`prefix:<namespace>-user:{tag}:<userId>`).
+ */
+export class SessionRepository {
+  readonly #kit: Redkit
+  readonly #sessions: ModuleKeys
+  readonly #users: ModuleKeys
+  readonly #cluster: boolean
+
+  constructor(kit: Redkit, namespace: string) {
+    this.#kit = kit
+    this.#sessions = kit.keys.module(namespace)
+    this.#users = kit.keys.module(`${namespace}-user`)
+    this.#cluster = kit.hub.kind === 'cluster'
+  }
+
+  /** Slot tag of a user: the first 16 bits of a digest, so the user id is not in the session id. */
+  userTag(userId: string): string {
+    return createHash('sha1').update(userId).digest('hex').slice(0, 4)
+  }
+
+  /** A new id of 144 random bits (CSPRNG) prefixed with the user's slot tag. */
+  mintId(userId: string): string {
+    return `${this.userTag(userId)}.${randomBytes(18).toString('base64url')}`
+  }
+
+  #tagOf(id: string): { tag: string; rest: string | undefined } {
+    const match = TAGGED_ID.exec(id)
+    return match ? { tag: match[1] as string, rest: match[2] as string } : { tag: id, rest: undefined }
+  }
+
+  /** Key of the session hash. */
+  sessionKey(id: string): string {
+    const { tag, rest } = this.#tagOf(id)
+    return rest === undefined ? this.#sessions.tagged(tag) : this.#sessions.tagged(tag, rest)
+  }
+
+  /** Key of a user's index. */
+  indexKey(userId: string): string {
+    return this.#users.tagged(this.userTag(userId), userId)
+  }
+
+  /** Session id of a session key found by SCAN (undefined for anything else). */
+  idFromKey(key: string): string | undefined {
+    const base = this.#sessions.base
+    if (!key.startsWith(`${base}{`)) return undefined
+    const close = key.indexOf('}', base.length)
+    if (close < 0) return undefined
+    const tail = key.slice(close + 1)
+    try {
+      const tag = decodeURIComponent(key.slice(base.length + 1, close))
+      if (tail === '') return tag
+      if (!tail.startsWith(':')) return undefined
+      return `${tag}.${decodeURIComponent(tail.slice(1))}`
+    } catch {
+      return undefined // not a key this repository wrote
+    }
+  }
+
+  /** True when one script may touch both keys (always, except across slots on Cluster). */
+  #sameSlot(id: string, userId: string): boolean {
+    return !this.#cluster || this.#tagOf(id).tag === this.userTag(userId)
+  }
+
+  /** Reads a session; null when absent. Throws the reply error for a key of another type. */
+  async read(id: string): Promise<RawSession | null> {
+    const key = this.sessionKey(id)
+    const hash = await this.#kit.hub.exec((redis) => redis.hgetall(key))
+    return toRaw(hash)
+  }
+
+  /** Reads a session with its remaining TTL in ms. */
+  async readWithTtl(id: string): Promise<{ raw: RawSession; ttlMs: number } | null> {
+    const key = this.sessionKey(id)
+    const [hash, ttlMs] = await this.#kit.hub.exec((redis) =>
+      Promise.all([redis.hgetall(key), redis.pttl(key)]),
+    )
+    const raw = toRaw(hash)
+    return raw ? { raw, ttlMs } : null
+  }
+
+  /**
+   * Writes a session; the index entry moves in the same script (on Cluster, when the session and
+   * the index live in different slots, right after it: readers verify entries, see listIndex).
+   */
+  async write(id: string, plan: WritePlan): Promise<WriteResult> {
+    const key = this.sessionKey(id)
+    const keys = [key]
+    let newIndex = 0
+    let oldIndex = 0
+    let laterIndex: string | undefined
+    let laterRemove: string | undefined
+    const user = plan.userId
+    if (typeof user === 'string' && plan.ttlMs >= 0) {
+      if (this.#sameSlot(id, user)) newIndex = keys.push(this.indexKey(user))
+      else laterIndex = this.indexKey(user)
+    }
+    const previous = plan.previousUserId
+    if (previous !== undefined && user !== undefined && previous !== user) {
+      if (this.#sameSlot(id, previous)) oldIndex = keys.push(this.indexKey(previous))
+      else laterRemove = this.indexKey(previous)
+    }
+    const args: Array<string | number> = [
+      id,
+      plan.ttlMs,
+      user === undefined ? 'keep' : user === null ? 'clear' : 'set',
+      user ?? '',
+      plan.expectedVersion,
+      plan.mode === 'new' ? 'n' : plan.mode === 'patch' ? 'p' : 's',
+      newIndex,
+      oldIndex,
+      plan.set.length,
+    ]
+    for (const [name, value] of plan.set) args.push(DATA_PREFIX + name, value)
+    for (const name of plan.remove) args.push(DATA_PREFIX + name)
+    const reply = (await this.#kit.hub.exec((redis) => WRITE.run(redis, keys, args))) as [
+      string,
+      string,
+      number,
+      number,
+    ]
+    const result: WriteResult = {
+      status: reply[0] as WriteResult['status'],
+      version: String(reply[1]),
+      conflicted: Number(reply[2]) === 1,
+      expiresAt: Number(reply[3]),
+    }
+    if (result.status === 'ok') {
+      const follow: Array<Promise<unknown>> = []
+      if (laterIndex && result.expiresAt > 0) {
+        const index = laterIndex
+        follow.push(this.#kit.hub.exec((redis) => INDEX_PUT.run(redis, [index], [id, result.expiresAt])))
+      }
+      if (laterRemove) {
+        const index = laterRemove
+        follow.push(this.#kit.hub.exec((redis) => redis.zrem(index, id)))
+      }
+      await Promise.all(follow)
+    }
+    return result
+  }
+
+  /** Extends a session's TTL (and its index entry); false when the session is gone. */
+  async touch(id: string, ttlMs: number, userId: string | undefined): Promise<boolean> {
+    const key = this.sessionKey(id)
+    if (userId === undefined) {
+      return (await this.#kit.hub.exec((redis) => redis.pexpire(key, ttlMs))) === 1
+    }
+    const index = this.indexKey(userId)
+    if (this.#sameSlot(id, userId)) {
+      const expiresAt = await this.#kit.hub.exec((redis) => TOUCH.run(redis, [key, index], [ttlMs, id]))
+      return Number(expiresAt) > 0
+    }
+    const expiresAt = Number(await this.#kit.hub.exec((redis) => TOUCH.run(redis, [key], [ttlMs, id])))
+    if (expiresAt > 0) await this.#kit.hub.exec((redis) => INDEX_PUT.run(redis, [index], [id, expiresAt]))
+    return expiresAt > 0
+  }
+
+  /** Deletes a session and its index entry; returns true when it existed. */
+  async remove(id: string): Promise<boolean> {
+    const key = this.sessionKey(id)
+    const [deleted, user] = (await this.#kit.hub.exec((redis) => REMOVE.run(redis, [key], []))) as [
+      number,
+      string,
+    ]
+    if (user !== '') {
+      const index = this.indexKey(user)
+      await this.#kit.hub.exec((redis) => redis.zrem(index, id))
+    }
+    return Number(deleted) === 1
+  }
+
+  /** A user's live index entries (expired ones are dropped first), soonest expiry first. */
+  async listIndex(userId: string): Promise<IndexEntry[]> {
+    const index = this.indexKey(userId)
+    const flat = (await this.#kit.hub.exec((redis) => INDEX_LIST.run(redis, [index], []))) as string[]
+    const entries: IndexEntry[] = []
+    for (let i = 0; i + 1 < flat.length; i += 2) {
+      entries.push({ id: String(flat[i]), expiresAt: Number(flat[i + 1]) })
+    }
+    return entries
+  }
+
+  /** Drops index entries whose session is gone or now belongs to someone else. */
+  async dropIndexEntries(userId: string, ids: string[]): Promise<void> {
+    if (ids.length === 0) return
+    const index = this.indexKey(userId)
+    await this.#kit.hub.exec((redis) => redis.zrem(index, ...ids))
+  }
+
+  /**
+   * Every key of `module` via SCAN on each master (Cluster) or the one server, never KEYS.
+   * `count` is the SCAN COUNT hint.
+   */
+  async scanKeys(which: 'sessions' | 'users', count: number): Promise<string[]> {
+    const pattern = (which === 'sessions' ? this.#sessions : this.#users).pattern()
+    return this.#kit.hub.exec(async (redis) => {
+      const found: string[] = []
+      for (const node of masters(redis)) {
+        let cursor = '0'
+        do {
+          const [next, keys] = await node.scan(cursor, 'MATCH', pattern, 'COUNT', count)
+          cursor = next
+          found.push(...keys)
+        } while (cursor !== '0')
+      }
+      return found
+    })
+  }
+
+  /** Ids of every stored session. */
+  async scanIds(count: number): Promise<string[]> {
+    const ids: string[] = []
+    for (const key of await this.scanKeys('sessions', count)) {
+      const id = this.idFromKey(key)
+      if (id !== undefined) ids.push(id)
+    }
+    return ids
+  }
+
+  /** Deletes every session and every user index of this namespace. */
+  async clear(count: number): Promise<void> {
+    const keys = [...(await this.scanKeys('sessions', count)), ...(await this.scanKeys('users', count))]
+    // One UNLINK per key: on Cluster keys of one node still span many slots.
+    await this.#kit.hub.exec((redis) => Promise.all(keys.map((key) => redis.unlink(key))))
+  }
+}
+
+function masters(redis: RedisClient) {
+  return isCluster(redis) ? redis.nodes('master') : [redis]
+}
+
+function toRaw(hash: Record<string, string>): RawSession | null {
+  let version: string | undefined
+  let userId: string | undefined
+  const fields = new Map<string, string>()
+  for (const name in hash) {
+    const value = hash[name] as string
+    if (name.startsWith(DATA_PREFIX)) fields.set(name.slice(1), value)
+    else if (name === VERSION) version = value
+    else if (name === USER) userId = value
+  }
+  if (version === undefined && fields.size === 0) return null
+  return { fields, version: version ?? '', userId }
+}

@@ -1,0 +1,109 @@
+import { LuaScript } from '../util/script.js'
+
+// Hash layout of one session: data fields are stored under '.' + name (one serialized value per
+// top-level field, so concurrent writers can merge field by field), bookkeeping under '#'.
+// Times come from Redis's own clock (TIME), so index scores and key expiry agree across app servers.
+
+const NOW = `local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)`
+
+// Keeps an index (sorted set of session ids scored by expiry) free of expired entries and makes
+// the index key itself expire with its last session.
+const INDEX_ADD = `local function index_add(idx, id, expires_at, now)
+  redis.call('ZREMRANGEBYSCORE', idx, '-inf', now)
+  redis.call('ZADD', idx, expires_at, id)
+  local top = redis.call('ZRANGE', idx, -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', idx, top[2])
+end`
+
+/**
+ * Writes a session and its per-user index entry in one step.
+ * KEYS[1] session hash; KEYS[ARGV[7]] new user index; KEYS[ARGV[8]] old user index.
+ * ARGV: 1 id, 2 ttl ms (-1 keeps the current TTL), 3 user mode (set|clear|keep), 4 user id,
+ * 5 version loaded by the caller, 6 mode ('n' new: replace; 'p' patch: merge into an existing
+ * session; 's' strict patch: refuse when the version moved), 7/8 index key positions (0 = none),
+ * 9 number N of fields to set, then N name/value pairs, then names of fields to delete.
+ * Returns { status, version, conflict (0|1), expiresAt (ms, 0 if unknown) }.
+ */
+export const WRITE = new LuaScript(`${INDEX_ADD}
+local key = KEYS[1]
+local mode = ARGV[6]
+local conflict = 0
+if mode ~= 'n' then
+  -- a session destroyed meanwhile (logout, revoke) is never brought back by a late write
+  if redis.call('EXISTS', key) == 0 then return {'gone', '', 0, 0} end
+  local stored = redis.call('HGET', key, '#v') or ''
+  if stored ~= ARGV[5] then
+    if mode == 's' then return {'conflict', stored, 1, 0} end
+    conflict = 1
+  end
+else
+  redis.call('DEL', key)
+end
+local n = tonumber(ARGV[9])
+if n > 0 then redis.call('HSET', key, unpack(ARGV, 10, 9 + 2 * n)) end
+if #ARGV >= 10 + 2 * n then redis.call('HDEL', key, unpack(ARGV, 10 + 2 * n, #ARGV)) end
+if ARGV[3] == 'set' then
+  redis.call('HSET', key, '#u', ARGV[4])
+elseif ARGV[3] == 'clear' then
+  redis.call('HDEL', key, '#u')
+end
+local version = redis.call('HINCRBY', key, '#v', 1)
+${NOW}
+local ttl = tonumber(ARGV[2])
+local expires_at = 0
+if ttl >= 0 then
+  redis.call('PEXPIRE', key, ttl)
+  expires_at = now + ttl
+else
+  local left = redis.call('PTTL', key)
+  if left > 0 then expires_at = now + left end
+end
+local new_idx = tonumber(ARGV[7])
+if new_idx > 0 and expires_at > 0 then index_add(KEYS[new_idx], ARGV[1], expires_at, now) end
+local old_idx = tonumber(ARGV[8])
+if old_idx > 0 then redis.call('ZREM', KEYS[old_idx], ARGV[1]) end
+return {'ok', tostring(version), conflict, expires_at}
+`)
+
+/**
+ * Adds one entry to a user index (used on Cluster when the session hash lives in another slot).
+ * KEYS[1] index; ARGV: 1 id, 2 expiresAt ms.
+ */
+export const INDEX_PUT = new LuaScript(`${INDEX_ADD}
+${NOW}
+index_add(KEYS[1], ARGV[1], tonumber(ARGV[2]), now)
+return 1
+`)
+
+/**
+ * Extends a session's TTL without rewriting it, and its index entry with it. Never creates a
+ * session that is gone. KEYS[1] session; KEYS[2] index (optional); ARGV: 1 ttl ms, 2 id.
+ * Returns the new expiry (ms), or 0 when the session does not exist.
+ */
+export const TOUCH = new LuaScript(`${INDEX_ADD}
+if redis.call('PEXPIRE', KEYS[1], ARGV[1]) == 0 then return 0 end
+${NOW}
+local expires_at = now + tonumber(ARGV[1])
+if KEYS[2] then index_add(KEYS[2], ARGV[2], expires_at, now) end
+return expires_at
+`)
+
+/**
+ * Deletes a session. Returns { deleted (0|1), user id it was indexed under or '' }. Tolerates a
+ * key of another type (a corrupt entry is deleted too).
+ */
+export const REMOVE = new LuaScript(`local user = redis.pcall('HGET', KEYS[1], '#u')
+local deleted = redis.call('DEL', KEYS[1])
+if type(user) ~= 'string' then user = '' end
+return {deleted, user}
+`)
+
+/**
+ * Lists a user index after dropping expired entries. KEYS[1] index.
+ * Returns a flat list id, expiresAt, id, expiresAt...
+ */
+export const INDEX_LIST = new LuaScript(`${NOW}
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+`)
