@@ -8,7 +8,8 @@ export interface ListItem {
   params: Record<string, number | string | boolean>
 }
 
-export function parseList(input: string): ListItem[] {
+export function parseList(input: string | undefined): ListItem[] {
+  if (input === undefined) throw new Error('no header field to parse')
   let i = 0
   const items: ListItem[] = []
   const fail = (what: string): never => {

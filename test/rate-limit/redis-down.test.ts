@@ -1,0 +1,119 @@
+import express from 'express'
+import request from 'supertest'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { rateLimit } from '../../middleware/index.js'
+import { createRedkit, type OnRedisError, type Redkit } from '../../src/index.js'
+import { type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/index.js'
+
+let redis: StandaloneRedis
+const kits: Redkit[] = []
+const prefix = uniquePrefix('rl-down')
+const COMMAND_TIMEOUT = 300
+
+beforeAll(async () => {
+  redis = await startRedis()
+})
+
+afterAll(async () => {
+  await Promise.all(kits.map((k) => k.close()))
+  await redis?.stop()
+})
+
+function setup(mode: OnRedisError) {
+  const kit = createRedkit({
+    redis: redis.url,
+    prefix,
+    commandTimeout: COMMAND_TIMEOUT,
+    configFile: false,
+    env: {},
+  })
+  kit.on('error', () => undefined)
+  kits.push(kit)
+  const app = express()
+  app.use(
+    rateLimit(kit, { name: `down-${mode}`, limits: [{ points: 3, duration: '1m' }], onRedisError: mode }),
+  )
+  app.get('/', (_req, res) => res.send('ok'))
+  return { kit, app }
+}
+
+/** Sends `count` requests one after another; returns statuses and the slowest duration. */
+async function run(app: express.Express, count: number) {
+  const statuses: number[] = []
+  const headers: Array<string | undefined> = []
+  let slowest = 0
+  for (let i = 0; i < count; i++) {
+    const started = Date.now()
+    const res = await request(app).get('/')
+    slowest = Math.max(slowest, Date.now() - started)
+    statuses.push(res.status)
+    headers.push(res.headers.ratelimit)
+  }
+  return { statuses, headers, slowest }
+}
+
+async function killDuringRun(app: express.Express) {
+  const before = await run(app, 2)
+  expect(before.statuses).toEqual([200, 200])
+  await redis.server.kill()
+  try {
+    return await run(app, 6)
+  } finally {
+    await redis.server.start()
+  }
+}
+
+describe('Redis killed during a run', () => {
+  it("'memory' (the default) keeps limiting in process with the same limits", async () => {
+    const { app } = setup('memory')
+    const down = await killDuringRun(app)
+    // The insurance limiter starts empty: 3 more pass, then 429.
+    expect(down.statuses).toEqual([200, 200, 200, 429, 429, 429])
+    expect(down.headers[0]).toMatch(/r=2/)
+    // Liveness bound: no request waits much beyond the command timeout (generous margin).
+    expect(down.slowest).toBeLessThan(COMMAND_TIMEOUT + 2000)
+  })
+
+  it("'open' lets every request through while Redis is away, without RateLimit headers", async () => {
+    const { app } = setup('open')
+    const down = await killDuringRun(app)
+    expect(down.statuses).toEqual([200, 200, 200, 200, 200, 200])
+    expect(down.headers.every((h) => h === undefined)).toBe(true)
+    expect(down.slowest).toBeLessThan(COMMAND_TIMEOUT + 2000)
+  })
+
+  it("'closed' refuses with 503 problem+json and Retry-After while Redis is away", async () => {
+    const { app } = setup('closed')
+    await run(app, 2)
+    await redis.server.kill()
+    try {
+      const started = Date.now()
+      const res = await request(app).get('/')
+      expect(Date.now() - started).toBeLessThan(COMMAND_TIMEOUT + 2000)
+      expect(res.status).toBe(503)
+      expect(res.headers['content-type']).toMatch(/problem\+json/)
+      expect(res.headers['retry-after']).toBe('1')
+      expect(res.headers.ratelimit).toBeUndefined()
+      const rest = await run(app, 4)
+      expect(rest.statuses).toEqual([503, 503, 503, 503])
+    } finally {
+      await redis.server.start()
+    }
+  })
+
+  it('goes back to the shared counters once Redis is back', async () => {
+    const { app, kit } = setup('memory')
+    // The restarted server lost its data; wait for the kit to reconnect.
+    const deadline = Date.now() + 10_000
+    while ((await kit.health()).status !== 'ok' && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 100))
+    const r = await kit.rateLimits.consume('direct', {
+      name: 'back',
+      limits: [{ points: 3, duration: '1m' }],
+    })
+    expect(r.source).toBe('redis')
+    const res = await request(app).get('/')
+    expect(res.status).toBe(200)
+    expect(res.headers.ratelimit).toMatch(/r=2/)
+  })
+})
