@@ -1,0 +1,26 @@
+import express, { type Express, type RequestHandler } from 'express'
+import { createRedkit, type Redkit } from '../../src/index.js'
+
+/** A kit on `url` with the given prefix (two kits with one prefix stand for two instances). */
+export function makeKit(url: string, prefix: string): Redkit {
+  return createRedkit({ redis: url, prefix, configFile: false, env: {} })
+}
+
+/** An Express 5 app with `cache` mounted on every path and `routes` added after it. */
+export function appWith(cache: RequestHandler, routes: (app: Express) => void): Express {
+  const app = express()
+  app.use(cache)
+  routes(app)
+  return app
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+/** Polls `check` until it is true or `ms` passed. */
+export async function eventually(check: () => boolean | Promise<boolean>, ms = 3000): Promise<void> {
+  const deadline = Date.now() + ms
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error('condition not met in time')
+    await sleep(20)
+  }
+}
