@@ -1,11 +1,12 @@
 /**
  * 2 KB GETs: raw ioredis (defaults), raw ioredis with auto-pipelining (what the kit configures),
  * and the kit's module path `kit.hub.exec(redis => redis.get(key))` (breaker + error mapping).
- * In-process: CONNECTIONS concurrent loops for DURATION seconds; CPU µs per GET of this process.
+ * In-process: CONNECTIONS concurrent loops for DURATION seconds, this process on core 0 and Redis on
+ * core 1; CPU µs per GET of this process.
  */
 import { Redis } from 'ioredis'
 import { createRedkit } from '../src/index.js'
-import { CONNECTIONS, DURATION_S, WARMUP_S } from './lib/env.js'
+import { CONNECTIONS, DURATION_S, pin, WARMUP_S } from './lib/env.js'
 import { benchRedis } from './lib/redis.js'
 import { type Measurement, printTable, twoPasses } from './lib/table.js'
 
@@ -74,6 +75,8 @@ async function loop(
 
 export default async function kitBench(): Promise<void> {
   const redis = await benchRedis()
+  // The client under test is this process: give it core 0, Redis keeps core 1.
+  pin(process.pid, 0)
   const seed = new Redis(redis.url)
   const key = 'bench:kit:2kb'
   await seed.set(key, 'x'.repeat(2048))
@@ -97,6 +100,7 @@ export default async function kitBench(): Promise<void> {
     })
     printTable('kit: 2 KB GET, in-process, concurrent loops', rows, 'ioredis autopipeline+timeout')
   } finally {
+    pin(process.pid, 1)
     await seed.quit()
     await redis.stop()
   }

@@ -76,6 +76,12 @@ export interface RedkitOptions {
    */
   maxRetryDelay?: Duration
   /**
+   * Queue the commands issued in one event-loop turn and send them as one pipeline (ioredis
+   * `enableAutoPipelining`): fewer writes under concurrency, a little more CPU per command.
+   * @default true
+   */
+  autoPipelining?: boolean
+  /**
    * Circuit breaker in front of module commands, or `false` to turn it off.
    * @default { threshold: 5, cooldown: 1000 }
    */
@@ -105,6 +111,7 @@ export interface ResolvedConfig {
   commandTimeoutMs: number
   connectTimeoutMs: number
   maxRetryDelayMs: number
+  autoPipelining: boolean
   breaker: { threshold: number; cooldownMs: number } | null
   topology: Topology
 }
@@ -115,6 +122,7 @@ export const REDKIT_DEFAULTS = {
   commandTimeout: 1000,
   connectTimeout: 2000,
   maxRetryDelay: 1000,
+  autoPipelining: true,
   breaker: { threshold: 5, cooldown: 1000 },
 } as const
 
@@ -166,6 +174,11 @@ export function resolveConfig(options: RedkitOptions = {}): ResolvedConfig {
   if (connectTimeoutMs === 0)
     throw new ConfigError('connectTimeout', 'must be greater than 0', "write 2000 or '2s'")
 
+  const autoPipelining = pick('autoPipelining') ?? REDKIT_DEFAULTS.autoPipelining
+  if (typeof autoPipelining !== 'boolean') {
+    throw new ConfigError('autoPipelining', `must be true or false, got ${JSON.stringify(autoPipelining)}`, 'write true or false')
+  }
+
   const breakerOption = pick('breaker')
   let breaker: ResolvedConfig['breaker'] = null
   if (breakerOption !== false) {
@@ -195,7 +208,7 @@ export function resolveConfig(options: RedkitOptions = {}): ResolvedConfig {
   const input = source?.[0].redis ?? REDKIT_DEFAULTS.redis
   const field = source?.[1] === 'environment' ? envRedisField(env) : 'redis'
   const topology = toTopology(input, field, env)
-  return { prefix, commandTimeoutMs, connectTimeoutMs, maxRetryDelayMs, breaker, topology }
+  return { prefix, commandTimeoutMs, connectTimeoutMs, maxRetryDelayMs, autoPipelining, breaker, topology }
 }
 
 function envRedisField(env: Record<string, string | undefined>): string {
@@ -239,7 +252,7 @@ function readConfigFile(path: string | false | undefined): Layer {
       'write { "redis": "redis://host:6379", "prefix": "shop" }',
     )
   }
-  const allowed = new Set(['redis', 'prefix', 'commandTimeout', 'connectTimeout', 'maxRetryDelay', 'breaker'])
+  const allowed = new Set(['redis', 'prefix', 'commandTimeout', 'connectTimeout', 'maxRetryDelay', 'autoPipelining', 'breaker'])
   for (const key of Object.keys(parsed)) {
     if (!allowed.has(key)) {
       throw new ConfigError(

@@ -88,7 +88,7 @@ export class ConnectionHub {
         commandTimeout: config.commandTimeoutMs,
         connectTimeout: config.connectTimeoutMs,
         retryStrategy: backoff(config.maxRetryDelayMs),
-        enableAutoPipelining: true,
+        enableAutoPipelining: config.autoPipelining,
         connectionName: `${config.prefix}:redkit`,
       }
       if (topology.kind === 'cluster') {
