@@ -1,0 +1,219 @@
+import type { Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import type { Express } from 'express'
+import request from 'supertest'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { responseCache } from '../../middleware/response-cache.js'
+import type { Redkit } from '../../src/index.js'
+import { type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/index.js'
+import { appWith, eventually, makeKit, sleep } from './setup.js'
+
+let redis: StandaloneRedis
+let kitA: Redkit
+let kitB: Redkit
+let n = 0
+const path = (name: string) => `/s${++n}/${name}`
+
+beforeAll(async () => {
+  redis = await startRedis()
+  // Two kits with one prefix stand for two instances of one app.
+  const prefix = uniquePrefix('rc-stale')
+  kitA = makeKit(redis.url, prefix)
+  kitB = makeKit(redis.url, prefix)
+})
+afterAll(async () => {
+  await kitA.close()
+  await kitB.close()
+  await redis.stop()
+})
+
+function nextStore(k: Redkit, count = 1): Promise<void> {
+  let left = count
+  return new Promise((resolve) => {
+    const off = k.on('cache:store', () => {
+      if (--left > 0) return
+      off()
+      resolve()
+    })
+  })
+}
+
+async function listen(app: Express): Promise<{ server: Server; url: string }> {
+  return new Promise((resolve) => {
+    const server = app.listen(0, '127.0.0.1', () => {
+      resolve({ server, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` })
+    })
+  })
+}
+
+describe('stale-while-revalidate', () => {
+  it('serves stale while exactly one background refresh runs', async () => {
+    const p = path('swr')
+    let calls = 0
+    const app = appWith(responseCache(kitA), (a) =>
+      a.get(p, async (_req, res) => {
+        calls++
+        const mine = calls
+        await sleep(100)
+        res.set('Cache-Control', 'max-age=1, stale-while-revalidate=30')
+        res.send(`v${mine}`)
+      }),
+    )
+    let stored = nextStore(kitA)
+    await request(app).get(p)
+    await stored
+    await sleep(1100)
+    stored = nextStore(kitA)
+    const answers = await Promise.all(Array.from({ length: 10 }, () => request(app).get(p)))
+    for (const a of answers) {
+      expect(a.text).toBe('v1')
+      expect(a.headers['x-cache']).toBe('STALE')
+    }
+    await stored
+    expect(calls).toBe(2)
+    const fresh = await request(app).get(p)
+    expect([fresh.text, fresh.headers['x-cache']]).toEqual(['v2', 'HIT'])
+  })
+
+  it('takes the window from the option when the response has no directive', async () => {
+    const p = path('swr-option')
+    let calls = 0
+    const app = appWith(responseCache(kitA, { ttl: 500, staleWhileRevalidate: '30s' }), (a) =>
+      a.get(p, (_req, res) => {
+        calls++
+        res.send(`v${calls}`)
+      }),
+    )
+    let stored = nextStore(kitA)
+    await request(app).get(p)
+    await stored
+    await sleep(700)
+    stored = nextStore(kitA)
+    const stale = await request(app).get(p)
+    expect([stale.text, stale.headers['x-cache']]).toEqual(['v1', 'STALE'])
+    await stored
+    expect((await request(app).get(p)).text).toBe('v2')
+  })
+})
+
+describe('stale-if-error', () => {
+  it('serves the stale copy when the origin answers 5xx or throws', async () => {
+    const p = path('sie')
+    let mode: 'ok' | '503' | 'throw' = 'ok'
+    const app = appWith(responseCache(kitA, { etag: false }), (a) =>
+      a.get(p, (_req, res) => {
+        if (mode === 'throw') throw new Error('origin down')
+        if (mode === '503') {
+          res.status(503).send('unavailable')
+          return
+        }
+        res.set('Cache-Control', 'max-age=1, stale-if-error=60')
+        res.send('good')
+      }),
+    )
+    const stored = nextStore(kitA)
+    await request(app).get(p)
+    await stored
+    await sleep(1100)
+    mode = '503'
+    const a = await request(app).get(p)
+    expect([a.status, a.text, a.headers['x-cache']]).toEqual([200, 'good', 'STALE'])
+    mode = 'throw'
+    const b = await request(app).get(p)
+    expect([b.status, b.text, b.headers['x-cache']]).toEqual([200, 'good', 'STALE'])
+  })
+
+  it('passes the error through when the window is over', async () => {
+    const p = path('sie-over')
+    let fail = false
+    const app = appWith(responseCache(kitA, { etag: false }), (a) =>
+      a.get(p, (_req, res) => {
+        if (fail) {
+          res.status(500).send('broken')
+          return
+        }
+        res.set('Cache-Control', 'max-age=1')
+        res.send('good')
+      }),
+    )
+    await request(app).get(p)
+    await sleep(1100)
+    fail = true
+    expect((await request(app).get(p)).status).toBe(500)
+  })
+})
+
+describe('two instances', () => {
+  it('2 kits x 50 concurrent requests on a cold key run the origin handler once', async () => {
+    const p = path('stampede')
+    let calls = 0
+    const handler = async (_req: unknown, res: import('express').Response) => {
+      calls++
+      await sleep(300)
+      res.set('Cache-Control', 'max-age=60')
+      res.send('expensive')
+    }
+    const a = await listen(appWith(responseCache(kitA), (x) => x.get(p, handler)))
+    const b = await listen(appWith(responseCache(kitB), (x) => x.get(p, handler)))
+    try {
+      const all = await Promise.all(
+        Array.from({ length: 100 }, (_, i) => fetch(`${i % 2 ? a.url : b.url}${p}`).then((r) => r.text())),
+      )
+      expect(all.every((t) => t === 'expensive')).toBe(true)
+      expect(calls).toBe(1)
+    } finally {
+      a.server.close()
+      b.server.close()
+    }
+  })
+
+  it('a purge on one instance empties the other instance memory tier', async () => {
+    const p = path('bus')
+    let calls = 0
+    const handler = (_req: unknown, res: import('express').Response) => {
+      calls++
+      res.set('Cache-Control', 'max-age=600')
+      res.send(`v${calls}`)
+    }
+    const cacheA = responseCache(kitA)
+    const appA = appWith(cacheA, (x) => x.get(p, handler))
+    const appB = appWith(responseCache(kitB), (x) => x.get(p, handler))
+    const stored = nextStore(kitB)
+    await request(appB).get(p)
+    await stored
+    // B now holds the entry in memory.
+    let layer = ''
+    const off = kitB.on('cache:hit', (e) => {
+      layer = e.layer
+    })
+    await request(appB).get(p)
+    await request(appB).get(p)
+    off()
+    expect(layer).toBe('l1')
+    const host = new URL(`http://127.0.0.1${p}`)
+    await cacheA.purge(host.href)
+    await eventually(async () => (await request(appB).get(p).set('Cache-Control', 'only-if-cached')).status === 504)
+    const after = await request(appB).get(p)
+    expect(after.headers['x-cache']).toBe('MISS')
+    expect(after.text).toBe('v2')
+    void appA
+  })
+
+  it('a POST through one instance invalidates the entry held by the other', async () => {
+    const p = path('bus-post')
+    let calls = 0
+    const get = (_req: unknown, res: import('express').Response) => {
+      calls++
+      res.set('Cache-Control', 'max-age=600')
+      res.send(`v${calls}`)
+    }
+    const appA = appWith(responseCache(kitA), (x) => x.post(p, (_q, r) => r.status(204).end()))
+    const appB = appWith(responseCache(kitB), (x) => x.get(p, get))
+    const stored = nextStore(kitB)
+    await request(appB).get(p)
+    await stored
+    expect((await request(appB).get(p)).headers['x-cache']).toBe('HIT')
+    await request(appA).post(p)
+    await eventually(async () => (await request(appB).get(p).set('Cache-Control', 'only-if-cached')).status === 504)
+  })
+})
