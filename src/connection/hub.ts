@@ -67,6 +67,7 @@ export class ConnectionHub {
   readonly #handlers = new Map<string, Set<MessageHandler>>()
   readonly #closeHooks: Array<() => unknown> = []
   #closing: Promise<void> | null = null
+  #listening = false
   #master: RedisAddress | undefined
 
   constructor(config: ResolvedConfig, events: RedkitEvents) {
@@ -196,7 +197,8 @@ export class ConnectionHub {
     if (!handlers) {
       handlers = new Set()
       this.#handlers.set(channel, handlers)
-      if (this.#handlers.size === 1) {
+      if (!this.#listening) {
+        this.#listening = true
         subscriber.on('message', (ch: string, message: string) => {
           for (const h of this.#handlers.get(ch) ?? []) {
             try {

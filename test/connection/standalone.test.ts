@@ -104,6 +104,22 @@ describe('kit on a standalone server', () => {
     await kit.close()
   })
 
+  it('delivers each message once to a channel subscribed again after every handler left', async () => {
+    const kit = kitFor()
+    const other = kit.keys.module('bus').key('other')
+    const third: string[] = []
+    const off = await kit.hub.subscribe(other, (m) => third.push(m))
+    await off()
+    await kit.hub.subscribe(other, (m) => third.push(m))
+    await kit.redis.publish(other, 'once')
+    await until(async () => {
+      if (third.length === 0) throw new Error('not yet')
+    }, 3000)
+    await new Promise((r) => setTimeout(r, 50))
+    expect(third).toEqual(['once'])
+    await kit.close()
+  })
+
   it('close() waits for in-flight commands, closes what it owns and is safe to call twice', async () => {
     const kit = kitFor()
     const key = kit.keys.module('app').key('counter')
