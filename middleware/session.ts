@@ -297,6 +297,20 @@ export class RedisSessionStore extends ExpressStore {
     this.#snapshots.set(session, { fields, version: result.version, userId, saved: true })
   }
 
+  /**
+   * Like express-session's, without the DELETE for a session that was never stored (a visitor
+   * without a session cookie logging in): one round trip less, and no Redis needed for it.
+   */
+  override regenerate(req: Request, callback: (error?: unknown) => void): void {
+    if (req.session && !this.#snapshots.has(req.session)) {
+      // express-session installs generate() on the store when it mounts it.
+      ;(this as unknown as { generate(req: Request): void }).generate(req)
+      callback()
+      return
+    }
+    super.regenerate(req, callback)
+  }
+
   override touch(sid: string, session: SessionData, callback?: (error?: unknown) => void): void {
     settle(this.#touch(sid, session as AnySession), callback)
   }
@@ -439,6 +453,7 @@ export interface SessionOptions extends Omit<RedisSessionStoreOptions, 'kit'> {
 }
 
 const MIN_SECRET_LENGTH = 32
+const GUARDED_METHODS = ['regenerate', 'destroy', 'reload', 'save'] as const
 
 function resolveSecrets(secret: unknown): string[] {
   const list = Array.isArray(secret) ? secret : [secret]
@@ -557,6 +572,32 @@ export function session(kit: Redkit, options: SessionOptions): RequestHandler {
     } as Response['end']
   }
 
+  // A connection failure inside regenerate/destroy/reload/save (Redis went away mid-request)
+  // answers 503 like a failed load, instead of reaching the app's callback as a 500 with a stack.
+  function guardMethods(req: Request, res: Response, next: NextFunction, target: object): void {
+    const methods = target as Record<string, (callback?: (error?: unknown) => void) => unknown>
+    for (const method of GUARDED_METHODS) {
+      const original = methods[method]
+      if (typeof original !== 'function') continue
+      Object.defineProperty(target, method, {
+        configurable: true,
+        enumerable: false,
+        writable: true,
+        value: function guarded(this: object, callback?: (error?: unknown) => void) {
+          return original.call(this, (error?: unknown) => {
+            if (error && isConnectionError(error) && !res.headersSent) {
+              ;(req as { session?: unknown }).session = undefined
+              fail(res, next, error)
+              return
+            }
+            if (req.session && req.session !== target) guardMethods(req, res, next, req.session)
+            callback?.(error)
+          })
+        },
+      })
+    }
+  }
+
   return function sessionMiddleware(req, res, next) {
     if (req.session) {
       next()
@@ -578,7 +619,10 @@ export function session(kit: Redkit, options: SessionOptions): RequestHandler {
         fail(res, next, error)
         return
       }
-      if (req.session) saveBeforeEnd(req, res, next)
+      if (req.session) {
+        guardMethods(req, res, next, req.session)
+        saveBeforeEnd(req, res, next)
+      }
       next()
     })
   }
