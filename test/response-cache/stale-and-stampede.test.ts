@@ -192,7 +192,9 @@ describe('two instances', () => {
     expect(layer).toBe('l1')
     const host = new URL(`http://127.0.0.1${p}`)
     await cacheA.purge(host.href)
-    await eventually(async () => (await request(appB).get(p).set('Cache-Control', 'only-if-cached')).status === 504)
+    await eventually(
+      async () => (await request(appB).get(p).set('Cache-Control', 'only-if-cached')).status === 504,
+    )
     const after = await request(appB).get(p)
     expect(after.headers['x-cache']).toBe('MISS')
     expect(after.text).toBe('v2')
@@ -214,6 +216,8 @@ describe('two instances', () => {
     await stored
     expect((await request(appB).get(p)).headers['x-cache']).toBe('HIT')
     await request(appA).post(p)
-    await eventually(async () => (await request(appB).get(p).set('Cache-Control', 'only-if-cached')).status === 504)
+    await eventually(
+      async () => (await request(appB).get(p).set('Cache-Control', 'only-if-cached')).status === 504,
+    )
   })
 })
