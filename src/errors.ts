@@ -149,3 +149,8 @@ export class SessionConflictError extends RedkitError {
     this.actualVersion = actualVersion
   }
 }
+
+/** A query-cache call got input it cannot work with (a query that is not a non-empty string, ...). */
+export class QueryInputError extends RedkitError {
+  static override readonly code: string = 'E_QUERY_INPUT'
+}

@@ -35,6 +35,26 @@ export {
   SingleFlight,
 } from './cache/index.js'
 export type { EncodeOptions } from './codec/index.js'
+export type {
+  CachedPoolOptions,
+  CachedPoolQueryOptions,
+  CachedQueryResult,
+  PgQueryable,
+  PgResultLike,
+  QueryCacheOptions,
+  QueryOptions,
+  QueryParams,
+} from './query-cache/index.js'
+export {
+  CachedPool,
+  cachedPool,
+  isEmptyResult,
+  looksLikeRead,
+  normalizeQuery,
+  QUERY_CACHE_DEFAULTS,
+  QueryCache,
+  queryKey,
+} from './query-cache/index.js'
 export { decode, encode } from './codec/index.js'
 export type {
   BreakerOptions,
@@ -55,6 +75,7 @@ export {
   LockBusyError,
   LockLostError,
   LockUnavailableError,
+  QueryInputError,
   RateLimitQueueError,
   RedkitError,
   SessionConflictError,

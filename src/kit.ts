@@ -4,6 +4,7 @@ import { type RedkitOptions, resolveConfig } from './connection/config.js'
 import { ConnectionHub, type HealthReport, type RedisClient } from './connection/hub.js'
 import { type RedkitEventName, RedkitEvents, type RedkitListener } from './events.js'
 import { KeySpace } from './keys.js'
+import { QueryCache } from './query-cache/index.js'
 import { Sessions } from './session/index.js'
 import { Locks } from './lock/index.js'
 import { RateLimits } from './rate-limit/index.js'
@@ -44,6 +45,13 @@ export class Redkit {
   get cache(): CacheEngine {
     this.#cache ??= new CacheEngine(this)
     return this.#cache
+  }
+
+  #queries: QueryCache | undefined
+  /** Get-or-execute cache for database queries, on the cache engine (namespace `query`). */
+  get queries(): QueryCache {
+    this.#queries ??= new QueryCache(this)
+    return this.#queries
   }
 
   /**
