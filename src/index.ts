@@ -13,7 +13,14 @@ export type {
   SeriesPoint,
   TopOptions,
 } from './analytics/index.js'
-export { ANALYTICS_DEFAULTS, Analytics, visitorFingerprint } from './analytics/index.js'
+export type { PrometheusExporter, PrometheusOptions } from './analytics/index.js'
+export {
+  ANALYTICS_DEFAULTS,
+  Analytics,
+  createPrometheusExporter,
+  loadPromClient,
+  visitorFingerprint,
+} from './analytics/index.js'
 export type {
   CachedFunction,
   CachedMethodOptions,

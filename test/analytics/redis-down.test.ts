@@ -78,7 +78,7 @@ describe('Redis killed and restarted', () => {
     const raw = new Redis(redis.url)
     try {
       const back = await until(
-        async () => a.writer.pending === 0 && (await a.stats()).totals.pageviews > 0,
+        async () => a.writer.pending === 0 && ((await a.stats()).totals.pageviews ?? 0) > 0,
         10_000,
       )
       expect(back).toBe(true)

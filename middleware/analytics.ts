@@ -1,0 +1,121 @@
+import type { Request, RequestHandler } from 'express'
+import type { Redkit } from '../src/index.js'
+import { ConfigError, visitorFingerprint } from '../src/index.js'
+
+/** Options of {@link analytics}. */
+export interface AnalyticsMiddlewareOptions {
+  /**
+   * Requests not to count (health checks, the dashboard, `/metrics`).
+   * @default undefined (count every request)
+   */
+  skip?: (req: Request) => boolean
+  /**
+   * Count unique visitors: a SHA-256 of IP and user agent, salted with a salt shared through Redis
+   * that changes every UTC day. Neither the IP nor the user agent is stored.
+   * @default true
+   */
+  visitors?: boolean
+  /**
+   * Route label of requests that matched no route (404s, static files): one bucket for all of
+   * them, so random URLs cannot create new labels.
+   * @default '(unmatched)'
+   */
+  unmatched?: string
+}
+
+const ANALYTICS_MIDDLEWARE_DEFAULTS = { visitors: true, unmatched: '(unmatched)' }
+
+function resolveAnalyticsMiddlewareOptions(options: AnalyticsMiddlewareOptions) {
+  const resolved = {
+    ...ANALYTICS_MIDDLEWARE_DEFAULTS,
+    ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)),
+  } as typeof ANALYTICS_MIDDLEWARE_DEFAULTS & AnalyticsMiddlewareOptions
+  if (resolved.skip !== undefined && typeof resolved.skip !== 'function') {
+    throw new ConfigError('analytics.skip', 'must be a function', 'write (req) => req.path === "/healthz"')
+  }
+  if (typeof resolved.visitors !== 'boolean') {
+    throw new ConfigError('analytics.visitors', 'must be a boolean', 'write true or false')
+  }
+  if (typeof resolved.unmatched !== 'string' || resolved.unmatched.length === 0) {
+    throw new ConfigError('analytics.unmatched', 'must be a non-empty string', "write '(unmatched)'")
+  }
+  return resolved
+}
+
+/**
+ * A mount path is only known as the URL it matched (`/users/42/posts` for `/users/:id/posts`):
+ * segments that look like identifiers become `:id` so that they cannot multiply route labels.
+ */
+const ID_SEGMENT = /^(?:\d+|[0-9a-f]{8,}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$/i
+
+function mountPattern(baseUrl: string): string {
+  if (!baseUrl) return ''
+  return baseUrl
+    .split('/')
+    .map((segment) => (ID_SEGMENT.test(segment) ? ':id' : segment))
+    .join('/')
+}
+
+/**
+ * The matched route pattern of `req` (`req.baseUrl` + `req.route.path`), or null when no route
+ * matched. Never the raw URL.
+ */
+export function routePattern(req: Request): string | null {
+  const route = (req as { route?: { path?: unknown } }).route
+  if (!route || route.path === undefined) return null
+  const path = typeof route.path === 'string' ? route.path : String(route.path)
+  const joined = mountPattern(req.baseUrl) + (path === '/' && req.baseUrl ? '' : path)
+  return joined || '/'
+}
+
+/**
+ * Counts every request into `kit.analytics`: by route pattern (never the raw URL; unmatched
+ * requests share one bucket), method and status class, with latency and unique visitors. Works
+ * after the response is sent and never waits for Redis or throws into the request; while Redis is
+ * down the counts are kept in memory (bounded) and written when it returns. Also emits
+ * `analytics:request`, which `metrics()` turns into Prometheus counters and histograms.
+ *
+ * @example
+ * app.use(analytics(kit, { skip: (req) => req.path === '/healthz' }))
+ */
+export function analytics(kit: Redkit, options: AnalyticsMiddlewareOptions = {}): RequestHandler {
+  const { skip, visitors, unmatched } = resolveAnalyticsMiddlewareOptions(options)
+  const recorder = kit.analytics
+  return function analyticsMiddleware(req, res, next) {
+    if (skip?.(req)) return next()
+    const started = performance.now()
+    let done = false
+    const record = () => {
+      if (done) return
+      done = true
+      res.off('finish', record)
+      res.off('close', record)
+      try {
+        const durationMs = performance.now() - started
+        const route = routePattern(req) ?? unmatched
+        const sample = {
+          route,
+          method: req.method,
+          status: res.statusCode,
+          durationMs,
+          fingerprint: visitors ? visitorFingerprint(req.ip ?? '', req.get('user-agent') ?? '') : undefined,
+        }
+        recorder.request(sample)
+        if (kit.events.has('analytics:request')) {
+          kit.events.emit('analytics:request', {
+            route,
+            method: req.method,
+            status: res.statusCode,
+            durationMs,
+          })
+        }
+      } catch (error) {
+        // Counting must never break a response; report it like any other kit error.
+        kit.events.emit('error', { error: error as Error, connection: 'analytics' })
+      }
+    }
+    res.once('finish', record)
+    res.once('close', record)
+    next()
+  }
+}
