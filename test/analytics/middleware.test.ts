@@ -128,7 +128,7 @@ describe('analytics middleware', () => {
           : type === 'hash'
             ? JSON.stringify(await raw.hgetall(key))
             : type === 'zset'
-              ? JSON.stringify(await raw.zrange(key, 0, -1))
+              ? JSON.stringify(await raw.call('ZRANGE', key, 0, -1))
               : type === 'list'
                 ? JSON.stringify(await raw.lrange(key, 0, -1))
                 : ''
