@@ -8,6 +8,7 @@ import { type Duration, parseDuration } from '../util/duration.js'
 import { LuaScript } from '../util/script.js'
 import { type BusMessage, CacheBus } from './bus.js'
 import { packEntry, type RawEntry, type StoredEntry, unpackEntry } from './entry.js'
+import { boundedExec } from './exec.js'
 import { type MemoryItem, MemoryTier } from './memory.js'
 import {
   type CacheEngineOptions,
@@ -309,7 +310,7 @@ export class CacheEngine {
     for (const rkey of rkeys) this.#memory?.delete(rkey)
     if (this.#core.memory && this.#core.memory !== this.#memory)
       for (const rkey of rkeys) this.#core.memory.delete(rkey)
-    await this.#kit.hub.exec((redis) => Promise.all(rkeys.map((rkey) => redis.unlink(rkey))))
+    await boundedExec(this.#kit, (redis) => Promise.all(rkeys.map((rkey) => redis.unlink(rkey))))
     await this.#core.bus.publish({ i: this.#core.bus.id, t: 'keys', k: rkeys })
     if (this.#kit.events.has('cache:invalidate')) {
       this.#kit.events.emit('cache:invalidate', { cache: this.name, keys: [...keys] })
@@ -345,6 +346,7 @@ export class CacheEngine {
     this.#core.memory?.deletePrefix(this.#base)
     const pattern = `${this.#base.replace(/[*?[\]\\]/g, '\\$&')}*`
     let removed = 0
+    // Not bounded as a whole: a big namespace takes many SCAN round trips.
     await this.#kit.hub.exec(async (client) => {
       const nodes: ScanNode[] = isClusterClient(client)
         ? client.nodes('master')
@@ -433,7 +435,7 @@ export class CacheEngine {
   async acquireLease(key: string, ms: number): Promise<string | null> {
     const token = randomUUID()
     const leaseKey = this.#leaseBase + escapePart(key)
-    const reply = await this.#kit.hub.exec((redis) =>
+    const reply = await boundedExec(this.#kit, (redis) =>
       redis.set(leaseKey, token, 'PX', Math.max(1, Math.round(ms)), 'NX'),
     )
     return reply === 'OK' ? token : null
@@ -442,7 +444,7 @@ export class CacheEngine {
   /** Releases a lease if `token` still holds it. Never rejects. */
   async releaseLease(key: string, token: string): Promise<void> {
     const leaseKey = this.#leaseBase + escapePart(key)
-    await this.#kit.hub.exec((redis) => RELEASE.run(redis, [leaseKey], [token])).catch(() => undefined)
+    await boundedExec(this.#kit, (redis) => RELEASE.run(redis, [leaseKey], [token])).catch(() => undefined)
   }
 
   /**
@@ -503,7 +505,7 @@ export class CacheEngine {
     }
     let bytes: Buffer | null
     try {
-      bytes = await this.#kit.hub.exec((redis) => redis.getBuffer(rkey))
+      bytes = await boundedExec(this.#kit, (redis) => redis.getBuffer(rkey))
     } catch (error) {
       if (stale && isConnectionError(error)) return { entry: stale, layer: 'l1' }
       throw error
@@ -706,7 +708,7 @@ export class CacheEngine {
   ): Promise<void> {
     const packed = packEntry(entry)
     const px = Math.max(1, Math.ceil(entry.staleUntil - Date.now()))
-    await this.#kit.hub.exec((redis) => redis.set(rkey, packed, 'PX', px))
+    await boundedExec(this.#kit, (redis) => redis.set(rkey, packed, 'PX', px))
     if (this.#memory && this.#core.tags.knownCurrent(entry.tags, entry.tagVersions)) {
       const item: MemoryItem = unpackEntry(packed) as MemoryItem
       // The decoded value is the caller's object: later hits share it (documented: read-only).

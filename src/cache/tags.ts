@@ -1,6 +1,7 @@
 import type { RedisClient } from '../connection/hub.js'
 import type { ModuleKeys } from '../keys.js'
 import type { Redkit } from '../kit.js'
+import { boundedExec } from './exec.js'
 
 /**
  * Tag invalidation by versions: each tag has a counter in Redis; an entry records the versions
@@ -36,7 +37,7 @@ export class TagVersions {
       else missing.push(i)
     }
     if (missing.length > 0) {
-      const replies = await this.#kit.hub.exec((redis: RedisClient) =>
+      const replies = await boundedExec(this.#kit, (redis: RedisClient) =>
         Promise.all(missing.map((i) => redis.get(this.key(tags[i] as string)))),
       )
       const until = Date.now() + this.#ttlMs
@@ -76,7 +77,7 @@ export class TagVersions {
 
   /** Bumps every tag (one INCR each, pipelined) and returns the new versions. */
   async bump(tags: readonly string[]): Promise<Record<string, number>> {
-    const replies = await this.#kit.hub.exec((redis: RedisClient) =>
+    const replies = await boundedExec(this.#kit, (redis: RedisClient) =>
       Promise.all(tags.map((tag) => redis.incr(this.key(tag)))),
     )
     const out: Record<string, number> = {}

@@ -63,7 +63,10 @@ export function normalizeQuery(query: string): string {
  * (`1` and `'1'`, a Date and its ISO string, give different keys). Throws `CodecError` for
  * parameters that cannot be encoded.
  */
-export function queryKey(query: string, params: readonly unknown[] | Record<string, unknown> | undefined): string {
+export function queryKey(
+  query: string,
+  params: readonly unknown[] | Record<string, unknown> | undefined,
+): string {
   const hash = createHash('sha256')
   hash.update(normalizeQuery(query))
   hash.update('\u0000')

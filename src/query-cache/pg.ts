@@ -134,6 +134,10 @@ function plain<R>(result: PgResultLike): CachedQueryResult<R> {
  * const db = cachedPool(kit, new pg.Pool())
  * const { rows } = await db.query('SELECT count(*) FROM orders', [], { ttl: '1m', tags: ['orders'] })
  */
-export function cachedPool<P extends PgQueryable>(kit: Redkit, pool: P, options: CachedPoolOptions = {}): CachedPool<P> {
+export function cachedPool<P extends PgQueryable>(
+  kit: Redkit,
+  pool: P,
+  options: CachedPoolOptions = {},
+): CachedPool<P> {
   return new CachedPool(kit, pool, options)
 }

@@ -130,20 +130,31 @@ export function isEmptyResult(result: unknown): boolean {
 }
 
 function resolveQueryCacheOptions(options: QueryCacheOptions): Resolved {
-  const o = { ...QUERY_CACHE_DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) }
+  const o = {
+    ...QUERY_CACHE_DEFAULTS,
+    ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)),
+  }
   const ttlMs = parseDuration(o.ttl, 'queries.ttl')
   if (ttlMs <= 0) throw new ConfigError('queries.ttl', 'must be greater than zero', "write e.g. '1m'")
   if (o.xfetch !== false && o.xfetch !== true && !(typeof o.xfetch === 'number' && o.xfetch > 0)) {
-    throw new ConfigError('queries.xfetch', `is ${String(o.xfetch)}`, 'write true, false or a beta > 0 such as 1')
+    throw new ConfigError(
+      'queries.xfetch',
+      `is ${String(o.xfetch)}`,
+      'write true, false or a beta > 0 such as 1',
+    )
   }
-  if (typeof o.l1 !== 'boolean') throw new ConfigError('queries.l1', `is ${String(o.l1)}`, 'write true or false')
+  if (typeof o.l1 !== 'boolean')
+    throw new ConfigError('queries.l1', `is ${String(o.l1)}`, 'write true or false')
   if (options.isEmpty !== undefined && typeof options.isEmpty !== 'function') {
     throw new ConfigError('queries.isEmpty', 'is not a function', 'pass (result) => boolean')
   }
   return {
     name: String(o.name),
     ttlMs,
-    negativeTtlMs: options.negativeTtl === undefined ? undefined : parseDuration(options.negativeTtl, 'queries.negativeTtl'),
+    negativeTtlMs:
+      options.negativeTtl === undefined
+        ? undefined
+        : parseDuration(options.negativeTtl, 'queries.negativeTtl'),
     graceMs: parseDuration(o.grace, 'queries.grace'),
     staleIfErrorMs: parseDuration(o.staleIfError, 'queries.staleIfError'),
     jitter: o.jitter as number,
@@ -216,7 +227,9 @@ export class QueryCache {
     const o = this.#options
     const ttlMs = options.ttl === undefined ? o.ttlMs : parseDuration(options.ttl, 'ttl')
     const negativeMs =
-      options.negativeTtl !== undefined ? parseDuration(options.negativeTtl, 'negativeTtl') : (o.negativeTtlMs ?? ttlMs)
+      options.negativeTtl !== undefined
+        ? parseDuration(options.negativeTtl, 'negativeTtl')
+        : (o.negativeTtlMs ?? ttlMs)
     const isEmpty = o.isEmpty
     const out: GetOrSetOptions<unknown> = {
       ttl: negativeMs === ttlMs ? ttlMs : (value: unknown) => (isEmpty(value) ? negativeMs : ttlMs),
@@ -250,7 +263,8 @@ export class QueryCache {
     options?: QueryOptions,
   ): Promise<T> {
     checkQuery(query)
-    if (typeof execute !== 'function') throw new QueryInputError('execute must be a function that runs the query.')
+    if (typeof execute !== 'function')
+      throw new QueryInputError('execute must be a function that runs the query.')
     let key: string
     try {
       key = options?.key ?? queryKey(query, params)
@@ -282,6 +296,8 @@ export class QueryCache {
 
 function checkQuery(query: unknown): asserts query is string {
   if (typeof query !== 'string' || query.trim() === '') {
-    throw new QueryInputError(`The query must be a non-empty string, got ${typeof query === 'string' ? "''" : typeof query}.`)
+    throw new QueryInputError(
+      `The query must be a non-empty string, got ${typeof query === 'string' ? "''" : typeof query}.`,
+    )
   }
 }
