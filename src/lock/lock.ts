@@ -30,6 +30,8 @@ export class Lock {
   expiresAt: number
   /** @internal lock keys, then fence keys */
   readonly keys: readonly string[]
+  /** @internal the lock keys alone */
+  readonly lockKeys: readonly string[]
   readonly #owner: LockOwner
   #released = false
   #controller: AbortController | undefined
@@ -52,6 +54,7 @@ export class Lock {
     this.ttlMs = ttlMs
     this.expiresAt = expiresAt
     this.keys = keys
+    this.lockKeys = resources.length === 1 ? [keys[0] as string] : keys.slice(0, resources.length)
   }
 
   /** The fencing token of the first (usually only) resource. */

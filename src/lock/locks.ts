@@ -4,6 +4,7 @@ import { ConfigError, LockBusyError, LockLostError, LockUnavailableError } from 
 import type { ModuleKeys } from '../keys.js'
 import type { Redkit } from '../kit.js'
 import { type Duration, parseDuration } from '../util/duration.js'
+import { KeepAlive } from './keep-alive.js'
 import { Lock } from './lock.js'
 import { kitNode, type LockNode, poll, serverNode } from './nodes.js'
 import { runOnce } from './once.js'
@@ -171,7 +172,7 @@ export class Locks {
     const wasValid = !lock.released
     lock.markReleased()
     if (!wasValid) return false
-    const lockKeys = lock.keys.slice(0, lock.resources.length)
+    const lockKeys = lock.lockKeys
     const n = lockKeys.length
     if (this.#nodes.length === 1) {
       try {
@@ -202,7 +203,7 @@ export class Locks {
       throw new LockLostError(`The lease on ${lock.resource} was released.`, { resource: lock.resource })
     }
     if (!lock.valid) throw this.#lost(lock, undefined)
-    const lockKeys = lock.keys.slice(0, lock.resources.length)
+    const lockKeys = lock.lockKeys
     const start = Date.now()
     let granted: boolean
     if (this.#nodes.length === 1) {
@@ -297,7 +298,7 @@ export class Locks {
       keys[i] = this.#keys.tagged(tag, resource)
       keys[list.length + i] = this.#keys.tagged(tag, resource, 'fence')
     }
-    if (new Set(list).size !== list.length) {
+    if (list.length > 1 && new Set(list).size !== list.length) {
       throw new ConfigError('resources', 'name the same resource twice', 'list each resource once')
     }
     return {
@@ -470,47 +471,12 @@ export class Locks {
 
   // --- auto-extension ---
 
-  /**
-   * Keeps the lease alive: extends when half of it is left; retries a failed extension while the
-   * lease is still valid; marks it lost (firing `lock.signal`) when it is gone or runs out.
-   */
-  #keepAlive(lock: Lock): { stop(): Promise<void> } {
-    let timer: NodeJS.Timeout | undefined
-    let inFlight: Promise<void> | undefined
-    let stopped = false
-    const schedule = (delayMs: number) => {
-      if (stopped) return
-      timer = setTimeout(
-        () => {
-          timer = undefined
-          inFlight = tick()
-        },
-        Math.max(0, delayMs),
-      )
-      timer.unref?.()
-    }
-    const tick = async () => {
-      if (stopped || !lock.valid) return
-      try {
-        await this.extend(lock)
-        schedule(lock.expiresAt - Date.now() - lock.ttlMs / 2)
-      } catch (error) {
-        if (error instanceof LockLostError) return
-        // Unreachable for now: keep trying while the lease is still safe, then give it up.
-        const left = lock.expiresAt - Date.now()
-        if (left > 0) schedule(Math.min(200, left))
-        else this.#lost(lock, error)
-      }
-    }
-    schedule(lock.expiresAt - Date.now() - lock.ttlMs / 2)
-    return {
-      stop: async () => {
-        stopped = true
-        if (timer) clearTimeout(timer)
-        if (inFlight) await inFlight
-      },
-    }
+  #keepAlive(lock: Lock): KeepAlive {
+    return new KeepAlive(lock, this.#extendLock, this.#loseLock)
   }
+
+  readonly #extendLock = (lock: Lock): Promise<Lock> => this.extend(lock)
+  readonly #loseLock = (lock: Lock, cause: unknown): void => void this.#lost(lock, cause)
 
   /**
    * @internal For middleware: holds `lock` alive until `stop()` (which releases it, never throws).

@@ -1,0 +1,56 @@
+import { LockLostError } from '../errors.js'
+import type { Lock } from './lock.js'
+
+/**
+ * Keeps a lease alive while its holder works: extends when half of the ttl is left, retries a
+ * failed extension while the lease is still safe, and gives the lease up (firing `lock.signal`)
+ * when it is gone or runs out. One timer, no per-tick closures (it runs on every `using()`).
+ */
+export class KeepAlive {
+  readonly #lock: Lock
+  readonly #extend: (lock: Lock) => Promise<Lock>
+  readonly #lost: (lock: Lock, cause: unknown) => void
+  #timer: NodeJS.Timeout | undefined
+  #inFlight: Promise<void> | undefined
+  #stopped = false
+
+  constructor(lock: Lock, extend: (lock: Lock) => Promise<Lock>, lost: (lock: Lock, cause: unknown) => void) {
+    this.#lock = lock
+    this.#extend = extend
+    this.#lost = lost
+    this.#schedule(lock.expiresAt - Date.now() - lock.ttlMs / 2)
+  }
+
+  static #fire(self: KeepAlive): void {
+    self.#timer = undefined
+    self.#inFlight = self.#tick()
+  }
+
+  #schedule(delayMs: number): void {
+    if (this.#stopped) return
+    this.#timer = setTimeout(KeepAlive.#fire, Math.max(0, delayMs), this)
+    this.#timer.unref?.()
+  }
+
+  async #tick(): Promise<void> {
+    const lock = this.#lock
+    if (this.#stopped || !lock.valid) return
+    try {
+      await this.#extend(lock)
+      this.#schedule(lock.expiresAt - Date.now() - lock.ttlMs / 2)
+    } catch (error) {
+      if (error instanceof LockLostError) return
+      // Unreachable for now: keep trying while the lease is still safe, then give it up.
+      const left = lock.expiresAt - Date.now()
+      if (left > 0) this.#schedule(Math.min(200, left))
+      else this.#lost(lock, error)
+    }
+  }
+
+  /** Stops extending and waits for an extension in flight (so a release never races it). */
+  async stop(): Promise<void> {
+    this.#stopped = true
+    if (this.#timer) clearTimeout(this.#timer)
+    if (this.#inFlight) await this.#inFlight
+  }
+}
