@@ -1,6 +1,6 @@
 import express from 'express'
 import { createRedkit } from 'redkit'
-import { health } from 'redkit/middleware'
+import { health, idempotency, lockRoute } from 'redkit/middleware'
 import { demoRedisUrl } from './redis.js'
 
 const { url, source } = await demoRedisUrl()
@@ -20,6 +20,25 @@ app.get('/visits', async (_req, res) => {
   res.json({ visits })
 })
 
+// --- lock ---
+// POST /payments is retry-safe: send `Idempotency-Key: "<uuid>"`; a retry gets the stored response
+// (marked `Idempotent-Replayed: true`), a different body with the same key gets 422.
+app.post('/payments', express.json(), idempotency(kit, { required: true }), async (req, res) => {
+  const id = await kit.redis.incr(kit.keys.module('demo').key('payments'))
+  res.status(201).json({ id, amount: req.body?.amount ?? null, status: 'paid' })
+})
+// One report build at a time across instances: a second request gets 409 while one runs.
+app.post(
+  '/reports/:name/build',
+  lockRoute(kit, { resource: (req) => `report:${req.params.name}`, ttl: '10s' }),
+  async (req, res) => {
+    const lock = res.locals.lock as { fence: number }
+    await new Promise((r) => setTimeout(r, 2000))
+    res.json({ report: req.params.name, fence: lock.fence })
+  },
+)
+// --- lock ---
+
 const port = Number(process.env.PORT ?? 3000)
 const server = app.listen(port, '127.0.0.1', () => {
   const base = `http://127.0.0.1:${port}`
@@ -27,6 +46,10 @@ const server = app.listen(port, '127.0.0.1', () => {
   console.log('Try:')
   console.log(`  curl -s ${base}/healthz`)
   console.log(`  curl -s ${base}/visits`)
+  console.log(
+    `  curl -s -X POST ${base}/payments -H 'Idempotency-Key: "order-1"' -H 'Content-Type: application/json' -d '{"amount":10}'`,
+  )
+  console.log(`  curl -s -X POST ${base}/reports/daily/build & curl -s -X POST ${base}/reports/daily/build`)
 })
 
 async function shutdown(): Promise<void> {
