@@ -96,30 +96,31 @@ export class RateLimitPolicy {
   async consume(key: string | number, cost = 1): Promise<RateLimitResult> {
     const id = normalizeKey(key)
     const blockedFor = this.#blockedFor(id)
-    const result =
-      blockedFor > 0 ? this.#blockedResult(blockedFor, 'block-cache') : await this.#consumeShared(id, cost)
+    let result: RateLimitResult
+    if (blockedFor > 0) {
+      result = this.#blockedResult(blockedFor, 'block-cache')
+    } else {
+      const keys = this.#redisKeys(id)
+      const args = [cost, this.blockMs, ...this.#limitArgs]
+      let reply: number[] | undefined
+      try {
+        reply = (await this.#kit.hub.exec((redis) => CONSUME.run(redis, keys, args))) as number[]
+      } catch (error) {
+        if (!isConnectionError(error)) throw error
+      }
+      if (reply) {
+        result = this.#parse(reply, cost)
+        if (result.blocked || (!result.allowed && reply[1]! > 0)) this.#rememberBlock(id, reply[1]!)
+      } else {
+        result = await this.#fallback(id, cost)
+      }
+    }
     const events = this.#kit.events
     if (result.allowed) {
       if (events.has('ratelimit:allowed')) events.emit('ratelimit:allowed', { policy: this.name })
     } else if (events.has('ratelimit:blocked')) {
       events.emit('ratelimit:blocked', { policy: this.name, retryAfterMs: result.retryAfterMs })
     }
-    return result
-  }
-
-  async #consumeShared(id: string, cost: number): Promise<RateLimitResult> {
-    const keys = this.#redisKeys(id)
-    let reply: number[]
-    try {
-      reply = (await this.#kit.hub.exec((redis) =>
-        CONSUME.run(redis, keys, [cost, this.blockMs, ...this.#limitArgs]),
-      )) as number[]
-    } catch (error) {
-      if (!isConnectionError(error)) throw error
-      return this.#fallback(id, cost)
-    }
-    const result = this.#parse(reply, cost)
-    if (result.blocked || (!result.allowed && reply[1]! > 0)) this.#rememberBlock(id, reply[1]!)
     return result
   }
 
