@@ -1,6 +1,6 @@
 import express from 'express'
 import { createRedkit } from 'redkit'
-import { health, idempotency, lockRoute } from 'redkit/middleware'
+import { health, idempotency, lockRoute, responseCache } from 'redkit/middleware'
 import { demoRedisUrl } from './redis.js'
 
 const { url, source } = await demoRedisUrl()
@@ -38,6 +38,23 @@ app.post(
   },
 )
 // --- lock ---
+
+// --- response-cache ---
+// A slow route behind the shared HTTP cache: the first GET takes 500 ms (X-Cache: MISS), repeats
+// are served from memory or Redis (X-Cache: HIT, Age); after 10 s one request refreshes it in the
+// background while others get the stale copy (X-Cache: STALE). POST /slow-report purges it.
+const reportCache = responseCache(kit, { staleWhileRevalidate: '1m' })
+app.use('/slow-report', reportCache)
+app.get('/slow-report', async (_req, res) => {
+  await new Promise((resolve) => setTimeout(resolve, 500))
+  res.set('Cache-Control', 'public, max-age=10')
+  res.set('Surrogate-Key', 'reports')
+  res.json({ generatedAt: new Date().toISOString() })
+})
+app.post('/slow-report', (_req, res) => {
+  res.status(204).end()
+})
+// --- response-cache ---
 
 const port = Number(process.env.PORT ?? 3000)
 const server = app.listen(port, '127.0.0.1', () => {
