@@ -1,6 +1,6 @@
 import express from 'express'
 import { createRedkit } from 'redkit'
-import { health, idempotency, lockRoute, responseCache } from 'redkit/middleware'
+import { health, idempotency, lockRoute, loginProtection, rateLimit, responseCache } from 'redkit/middleware'
 import { demoRedisUrl } from './redis.js'
 
 const { url, source } = await demoRedisUrl()
@@ -56,6 +56,36 @@ app.post('/slow-report', (_req, res) => {
 })
 // --- response-cache ---
 
+// --- rate-limit ---
+// GET /api/quote: 5 per 10 s and 100 per day per client IP, checked together in one Redis round
+// trip. Every answer carries RateLimit-Policy and RateLimit; past a limit: 429 problem+json with
+// Retry-After. Behind a proxy, set app.set('trust proxy', ...) so req.ip is the real client.
+app.get(
+  '/api/quote',
+  rateLimit(kit, {
+    name: 'quote',
+    limits: [
+      { name: 'burst', points: 5, duration: '10s' },
+      { name: 'daily', points: 100, duration: '1d' },
+    ],
+  }),
+  (_req, res) => {
+    res.json({ quote: 'Simplicity is prerequisite for reliability.' })
+  },
+)
+// POST /login {"username","password"}: password "demo" succeeds (200), anything else 401. Three
+// consecutive failures for one username + IP block it for a minute; a success clears them.
+app.post(
+  '/login',
+  express.json(),
+  loginProtection(kit, { consecutiveFailures: { points: 3, duration: '1h', blockDuration: '1m' } }),
+  (req, res) => {
+    const ok = req.body?.password === 'demo'
+    res.status(ok ? 200 : 401).json({ ok })
+  },
+)
+// --- rate-limit ---
+
 const port = Number(process.env.PORT ?? 3000)
 const server = app.listen(port, '127.0.0.1', () => {
   const base = `http://127.0.0.1:${port}`
@@ -63,6 +93,12 @@ const server = app.listen(port, '127.0.0.1', () => {
   console.log('Try:')
   console.log(`  curl -s ${base}/healthz`)
   console.log(`  curl -s ${base}/visits`)
+  console.log(
+    `  for i in 1 2 3 4 5 6; do curl -si ${base}/api/quote | grep -iE '^(HTTP|ratelimit|retry)'; done`,
+  )
+  console.log(
+    `  curl -s -X POST ${base}/login -H 'Content-Type: application/json' -d '{"username":"ann","password":"nope"}'`,
+  )
   console.log(
     `  curl -s -X POST ${base}/payments -H 'Idempotency-Key: "order-1"' -H 'Content-Type: application/json' -d '{"amount":10}'`,
   )
