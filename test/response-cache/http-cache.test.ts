@@ -1,0 +1,149 @@
+import { describe, expect, it } from 'vitest'
+import {
+  decideStore,
+  decodeEntry,
+  encodeResponse,
+  encodeVaryMarker,
+  evaluate,
+  type FreshnessOptions,
+  normalizeQuery,
+  notModified,
+  parseCacheControl,
+  parseVary,
+  type StoredMeta,
+  urlKey,
+  variantId,
+} from '../../src/http-cache/index.js'
+
+const OPTIONS: FreshnessOptions = {
+  ttlMs: 60_000,
+  forceTtl: false,
+  staleWhileRevalidateMs: 0,
+  staleIfErrorMs: 0,
+  keepStaleMs: 300_000,
+  tagHeaders: ['surrogate-key'],
+}
+const GET = { method: 'GET', url: '/x', headers: {} }
+
+function stored(cacheControl: string, extra: Record<string, string> = {}, now = Date.now()): StoredMeta {
+  const d = decideStore(
+    GET,
+    { status: 200, headers: { 'cache-control': cacheControl, ...extra } },
+    [],
+    OPTIONS,
+    now,
+  )
+  if (!d.store) throw new Error(`not stored: ${d.reason}`)
+  return d.meta
+}
+
+describe('Cache-Control parsing', () => {
+  it('keeps quoted commas, lower-cases names, flags conflicting duplicates', () => {
+    const cc = parseCacheControl('Max-Age=5, ext="a, b", no-cache, max-age=6')
+    expect(cc.values.get('ext')).toBe('a, b')
+    expect(cc.values.has('no-cache')).toBe(true)
+    expect(cc.conflicting.has('max-age')).toBe(true)
+    expect(parseCacheControl(', ,=, "').values.size).toBe(0)
+  })
+})
+
+describe('decideStore', () => {
+  it('prefers s-maxage over max-age over Expires, and ttl only without them', () => {
+    expect(stored('s-maxage=10, max-age=5').lifetime).toBe(10)
+    expect(stored('max-age=5').lifetime).toBe(5)
+    expect(stored('public').lifetime).toBe(60)
+    const now = Date.now()
+    const date = new Date(now).toUTCString()
+    const meta = stored('', { date, expires: new Date(now + 30_000).toUTCString() }, now)
+    expect(Math.round(meta.lifetime)).toBe(30)
+  })
+
+  it('refuses Set-Cookie, Vary: *, private, no-store, invalid max-age and POST', () => {
+    const refuse = (headers: Record<string, string>, req = GET) =>
+      decideStore(req, { status: 200, headers }, [], OPTIONS)
+    expect(refuse({ 'set-cookie': 'a=1', 'cache-control': 'public, max-age=60' })).toMatchObject({
+      reason: 'set-cookie',
+    })
+    expect(refuse({ vary: 'accept, *' })).toMatchObject({ reason: 'vary-star' })
+    expect(refuse({ 'cache-control': 'private, max-age=60' }).store).toBe(false)
+    expect(refuse({ 'cache-control': 'no-store' }).store).toBe(false)
+    expect(refuse({ 'cache-control': 'max-age=1e3' })).toMatchObject({ reason: 'invalid-cache-control' })
+    expect(refuse({ 'cache-control': 'max-age=60' }, { method: 'POST', url: '/x', headers: {} }).store).toBe(
+      false,
+    )
+  })
+
+  it('subtracts the Age the origin sent', () => {
+    const d = decideStore(
+      GET,
+      { status: 200, headers: { 'cache-control': 'max-age=100', age: '40' } },
+      [],
+      OPTIONS,
+    )
+    expect(d.store && Math.round(d.freshMs / 1000)).toBe(60)
+  })
+})
+
+describe('evaluate', () => {
+  it('applies request max-age, min-fresh and max-stale, never max-stale for must-revalidate', () => {
+    const now = Date.now()
+    const meta = stored('max-age=10', {}, now - 20_000)
+    expect(evaluate(meta, {}, now).use).toBe('revalidate')
+    expect(evaluate(meta, { 'cache-control': 'max-stale=15' }, now).use).toBe('stale-allowed')
+    expect(evaluate(meta, { 'cache-control': 'max-stale=5' }, now).use).toBe('revalidate')
+    const strict = stored('max-age=10, must-revalidate', { etag: '"a"' }, now - 20_000)
+    expect(evaluate(strict, { 'cache-control': 'max-stale' }, now).use).toBe('revalidate')
+    const fresh = stored('max-age=100', {}, now - 20_000)
+    expect(evaluate(fresh, { 'cache-control': 'max-age=10' }, now).use).toBe('revalidate')
+    expect(evaluate(fresh, { 'cache-control': 'min-fresh=90' }, now).use).toBe('revalidate')
+    expect(evaluate(fresh, { 'cache-control': 'max-age=abc' }, now).use).toBe('fresh')
+  })
+
+  it('serves stale-while-revalidate inside the window and refuses Authorization unless allowed', () => {
+    const now = Date.now()
+    const meta = stored('max-age=10, stale-while-revalidate=30', {}, now - 20_000)
+    expect(evaluate(meta, {}, now).use).toBe('stale-while-revalidate')
+    expect(evaluate(meta, { authorization: 'Bearer x' }, now).use).toBe('none')
+    expect(evaluate(stored('public, max-age=10'), { authorization: 'Bearer x' }).use).toBe('fresh')
+  })
+})
+
+describe('validators', () => {
+  it('If-None-Match uses weak comparison and ignores garbage; If-Modified-Since ignores bad dates', () => {
+    const meta = stored('max-age=60', {
+      etag: 'W/"v1"',
+      'last-modified': new Date(Date.now() - 60_000).toUTCString(),
+    })
+    expect(notModified(meta, { 'if-none-match': '"v1"' })).toBe(true)
+    expect(notModified(meta, { 'if-none-match': 'garbage, "v2"' })).toBe(false)
+    expect(notModified(meta, { 'if-modified-since': new Date().toUTCString() })).toBe(true)
+    expect(notModified(meta, { 'if-modified-since': 'yesterday' })).toBe(false)
+  })
+})
+
+describe('keys and entries', () => {
+  it('sorts and filters the query, hashes long URLs, separates variants', () => {
+    const q = { sort: true, include: new Set<string>(), exclude: new Set(['utm_source']) }
+    expect(normalizeQuery('b=2&utm_source=x&a=1', q)).toBe('a=1&b=2')
+    expect(urlKey('Example.COM', '/p', 'a=1', q)).toBe('example.com/p?a=1')
+    expect(urlKey('h', `/${'x'.repeat(500)}`, '', q).length).toBeLessThan(60)
+    expect(parseVary('Accept-Encoding, accept-language')).toEqual(['accept-encoding', 'accept-language'])
+    expect(parseVary('bad header')).toBe('*')
+    expect(variantId(['accept'], { accept: 'a' })).not.toBe(variantId(['accept'], {}))
+    expect(variantId(['accept'], { accept: '' })).not.toBe(variantId(['accept'], {}))
+  })
+
+  it('round-trips any bytes and rejects truncated or foreign entries', () => {
+    const body = Buffer.from([0, 255, 1, 254, 0x1f, 0x8b])
+    const meta = stored('max-age=60')
+    const decoded = decodeEntry(encodeResponse(meta, body))
+    expect(decoded?.kind === 'response' && Buffer.compare(decoded.body, body)).toBe(0)
+    expect(decodeEntry(encodeResponse(meta, body).subarray(0, 10))).toBeUndefined()
+    expect(decodeEntry(Buffer.from('hello'))).toBeUndefined()
+    expect(decodeEntry(encodeVaryMarker(['accept'], 'g1'))).toEqual({
+      kind: 'vary',
+      fields: ['accept'],
+      generation: 'g1',
+    })
+  })
+})
