@@ -477,7 +477,10 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
       onSingleChunk:
         o.etag && keepBody
           ? (chunk) => {
-              if (res.statusCode === 200 && !res.hasHeader('etag')) res.setHeader('ETag', strongEtag(chunk))
+              // Only on responses that may be stored: others leave exactly as the app sent them.
+              if (res.statusCode !== 200 || res.hasHeader('etag') || res.hasHeader('set-cookie')) return
+              if (/no-store|private/i.test(String(res.getHeader('cache-control') ?? ''))) return
+              res.setHeader('ETag', strongEtag(chunk))
             }
           : undefined,
     })
