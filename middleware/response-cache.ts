@@ -6,6 +6,7 @@ import type { CacheEngine, RawEntry } from '../src/cache/index.js'
 import {
   type Captured,
   captureResponse,
+  currentAge,
   decideStore,
   decodeEntry,
   encodeResponse,
@@ -264,6 +265,8 @@ type Label = 'HIT' | 'MISS' | 'STALE' | 'BYPASS'
 
 interface Lookup {
   entry: ResponseEntry | undefined
+  /** Where the entry came from (meaningful when `entry` is set). */
+  layer: 'l1' | 'l2'
   /** Where this request's response is (or would be) stored. */
   key: string
   primary: string
@@ -330,24 +333,40 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
     return `GET ${urlKey(host, path, query, o.query)}`
   }
 
-  async function read(key: string): Promise<ResponseEntry | VaryMarker | undefined> {
+  async function read(
+    key: string,
+  ): Promise<{ entry: ResponseEntry | VaryMarker; layer: 'l1' | 'l2' } | undefined> {
     const raw = await store.readEntry(key)
     if (!raw) return undefined
     const entry = decodeEntry(raw.value)
-    if (entry?.kind === 'response' && events.has('cache:hit')) {
-      const layer = o.l1 && seen.has(raw) ? 'l1' : 'l2'
-      seen.add(raw)
-      events.emit('cache:hit', { cache: cacheName, key, layer })
+    if (!entry) return undefined
+    // The engine hands out the same object while it sits in memory: a second sighting is an L1 hit.
+    let layer: 'l1' | 'l2' = 'l2'
+    if (o.l1) {
+      if (seen.has(raw)) layer = 'l1'
+      else seen.add(raw)
     }
-    return entry
+    return { entry, layer }
   }
 
   async function lookup(primary: string, headers: HeaderMap): Promise<Lookup> {
     const first = await read(primary)
-    if (first?.kind !== 'vary') return { entry: first, key: primary, primary, marker: undefined }
-    const key = `${primary} #${first.generation} ${variantId(first.fields, headers)}`
+    if (first?.entry.kind !== 'vary') {
+      return { entry: first?.entry, layer: first?.layer ?? 'l2', key: primary, primary, marker: undefined }
+    }
+    const marker = first.entry
+    const key = `${primary} #${marker.generation} ${variantId(marker.fields, headers)}`
     const second = await read(key)
-    return { entry: second?.kind === 'response' ? second : undefined, key, primary, marker: first }
+    const entry = second?.entry.kind === 'response' ? second.entry : undefined
+    return { entry, layer: second?.layer ?? 'l2', key, primary, marker }
+  }
+
+  function emitHit(lk: Lookup): void {
+    if (events.has('cache:hit')) events.emit('cache:hit', { cache: cacheName, key: lk.key, layer: lk.layer })
+  }
+
+  function emitStale(lk: Lookup): void {
+    if (events.has('cache:stale')) events.emit('cache:stale', { cache: cacheName, key: lk.key })
   }
 
   function setLabel(res: Response, label: Label): void {
@@ -492,13 +511,9 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
           const refreshed = await refreshFrom304(req, res, lk, stale, captured)
           if (!mode.detached) serve(req, res, refreshed, 0, 'HIT')
         } else if (!mode.detached) {
-          serve(
-            req,
-            res,
-            stale,
-            Math.floor((Date.now() - stale.meta.responseTime) / 1000 + stale.meta.initialAge),
-            'STALE',
-          )
+          // RFC 5861 §4: the origin failed; the stale copy stands in for it.
+          emitStale(lk)
+          serve(req, res, stale, currentAge(stale.meta), 'STALE')
         }
         return
       }
@@ -613,6 +628,7 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
     if (!lk.entry) return false
     const ev = evaluate(lk.entry.meta, req.headers)
     if (ev.use === 'fresh' || (allowStale && ev.use === 'stale-allowed')) {
+      emitHit(lk)
       serve(req, res, lk.entry, ev.age, 'HIT')
       return true
     }
@@ -719,11 +735,16 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
       const noStore = requestNoStore(req.headers)
       if (entry) {
         const ev = evaluate(entry.meta, req.headers)
-        if (ev.use === 'fresh' || ev.use === 'stale-allowed') {
-          return serve(req, res, entry, ev.age, ev.use === 'fresh' ? 'HIT' : 'STALE')
+        if (ev.use === 'fresh') {
+          emitHit(lk)
+          return serve(req, res, entry, ev.age, 'HIT')
+        }
+        if (ev.use === 'stale-allowed') {
+          emitStale(lk)
+          return serve(req, res, entry, ev.age, 'STALE')
         }
         if (ev.use === 'stale-while-revalidate') {
-          if (events.has('cache:stale')) events.emit('cache:stale', { cache: cacheName, key: lk.key })
+          emitStale(lk)
           serve(req, res, entry, ev.age, 'STALE')
           refreshInBackground(req, lk)
           return
@@ -733,7 +754,8 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
           emitBypass(ev.reason)
           return origin(req, res, next, lk, { label: 'BYPASS', store: !noStore })
         }
-        if (events.has('cache:stale')) events.emit('cache:stale', { cache: cacheName, key: lk.key })
+        // Stored but not usable as is: it goes to the origin (conditionally when it can).
+        if (events.has('cache:miss')) events.emit('cache:miss', { cache: cacheName, key: lk.key })
         if (method === 'HEAD') return origin(req, res, next, undefined, { label: 'MISS', store: false })
         return missOrRevalidate(req, res, next, lk, {
           label: 'MISS',
