@@ -139,6 +139,8 @@ interface Snapshot {
   fields: Map<string, string>
   version: string
   userId: string | undefined
+  /** Score of the index entry as last read or written (see SessionRepository.touch). */
+  indexScore: number
   /** Saved during this request: a second save without changes, or a touch, has nothing to do. */
   saved: boolean
 }
@@ -238,9 +240,15 @@ export class RedisSessionStore extends ExpressStore {
     }
     // Sessions created by kit.sessions have no cookie; express-session needs one.
     data.cookie ??= { originalMaxAge: null, expires: null, httpOnly: true, path: '/' }
-    const fields = new Map(raw.fields)
+    const fields = raw.fields
     fields.delete('cookie')
-    this.#loaded.set(data, { fields, version: raw.version, userId: raw.userId, saved: false })
+    this.#loaded.set(data, {
+      fields,
+      version: raw.version,
+      userId: raw.userId,
+      indexScore: raw.indexScore,
+      saved: false,
+    })
     return data as unknown as SessionData
   }
 
@@ -294,7 +302,13 @@ export class RedisSessionStore extends ExpressStore {
     if (result.status === 'conflict') throw new SessionConflictError(snapshot?.version ?? '', result.version)
     // 'gone': destroyed meanwhile (logout elsewhere, revoke): the late write is dropped on purpose.
     if (result.status !== 'ok') return
-    this.#snapshots.set(session, { fields, version: result.version, userId, saved: true })
+    this.#snapshots.set(session, {
+      fields,
+      version: result.version,
+      userId,
+      indexScore: result.indexScore,
+      saved: true,
+    })
   }
 
   /**
@@ -316,13 +330,15 @@ export class RedisSessionStore extends ExpressStore {
   }
 
   async #touch(sid: string, session: AnySession): Promise<void> {
-    if (this.#options.disableTouch || this.#snapshots.get(session)?.saved) return
+    const snapshot = this.#snapshots.get(session)
+    if (this.#options.disableTouch || snapshot?.saved) return
     const ttlMs = this.#ttlMs(session)
     if (ttlMs <= 0) {
       await this.repository.remove(sid)
       return
     }
-    await this.repository.touch(sid, ttlMs, userOf(session, this.#options.userField))
+    const userId = userOf(session, this.#options.userField)
+    await this.repository.touch(sid, ttlMs, userId, userId === snapshot?.userId ? snapshot?.indexScore : 0)
   }
 
   override destroy(sid: string, callback?: (error?: unknown) => void): void {

@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { isCluster, type RedisClient } from '../connection/hub.js'
 import type { ModuleKeys } from '../keys.js'
 import type { Redkit } from '../kit.js'
@@ -14,6 +14,10 @@ export interface SessionSerializer {
 export const DATA_PREFIX = '.'
 const VERSION = '#v'
 const USER = '#u'
+const INDEX_SCORE = '#x'
+/** A touch moves the index entry only when it would leave less than this before its score. */
+const INDEX_MARGIN_MS = 60_000
+const TAG_CACHE_SIZE = 10_000
 /** Ids minted by the repository carry their user's slot tag: `<tag>.<random>`. */
 const TAGGED_ID = /^([0-9a-f]{4})\.([A-Za-z0-9_-]+)$/
 
@@ -23,6 +27,8 @@ export interface RawSession {
   fields: Map<string, string>
   version: string
   userId: string | undefined
+  /** Score of the session's entry in its user's index (ms; 0 when none). */
+  indexScore: number
 }
 
 /** What to write (see {@link SessionRepository.write}). */
@@ -51,12 +57,15 @@ export interface WriteResult {
   conflicted: boolean
   /** Expiry in ms since the epoch (Redis clock); 0 when unknown. */
   expiresAt: number
+  /** Score written to the user index (0 when none). */
+  indexScore: number
 }
 
 /** One entry of a user index. */
 export interface IndexEntry {
   id: string
-  expiresAt: number
+  /** The session's expiry plus slack: an upper bound, not the expiry itself. */
+  score: number
 }
 
 /**
@@ -69,6 +78,7 @@ export class SessionRepository {
   readonly #sessions: ModuleKeys
   readonly #users: ModuleKeys
   readonly #cluster: boolean
+  readonly #tags = new Map<string, string>()
 
   constructor(kit: Redkit, namespace: string) {
     this.#kit = kit
@@ -77,9 +87,23 @@ export class SessionRepository {
     this.#cluster = kit.hub.kind === 'cluster'
   }
 
-  /** Slot tag of a user: the first 16 bits of a digest, so the user id is not in the session id. */
+  /**
+   * Slot tag of a user: 16 bits of an FNV-1a hash, so the user id itself is not in the session id
+   * (the tag only spreads users over Cluster slots; it is not a security boundary).
+   */
   userTag(userId: string): string {
-    return createHash('sha1').update(userId).digest('hex').slice(0, 4)
+    let tag = this.#tags.get(userId)
+    if (tag === undefined) {
+      let hash = 0x811c9dc5
+      for (let i = 0; i < userId.length; i++) {
+        hash ^= userId.charCodeAt(i)
+        hash = Math.imul(hash, 0x01000193)
+      }
+      tag = ((hash >>> 0) & 0xffff).toString(16).padStart(4, '0')
+      if (this.#tags.size >= TAG_CACHE_SIZE) this.#tags.clear()
+      this.#tags.set(userId, tag)
+    }
+    return tag
   }
 
   /** A new id of 144 random bits (CSPRNG) prefixed with the user's slot tag. */
@@ -176,23 +200,19 @@ export class SessionRepository {
     ]
     for (const [name, value] of plan.set) args.push(DATA_PREFIX + name, value)
     for (const name of plan.remove) args.push(DATA_PREFIX + name)
-    const reply = (await this.#kit.hub.exec((redis) => WRITE.run(redis, keys, args))) as [
-      string,
-      string,
-      number,
-      number,
-    ]
+    const reply = (await this.#kit.hub.exec((redis) => WRITE.run(redis, keys, args))) as unknown[]
     const result: WriteResult = {
       status: reply[0] as WriteResult['status'],
       version: String(reply[1]),
       conflicted: Number(reply[2]) === 1,
       expiresAt: Number(reply[3]),
+      indexScore: Number(reply[4]),
     }
     if (result.status === 'ok') {
       const follow: Array<Promise<unknown>> = []
-      if (laterIndex && result.expiresAt > 0) {
+      if (laterIndex && result.indexScore > 0) {
         const index = laterIndex
-        follow.push(this.#kit.hub.exec((redis) => INDEX_PUT.run(redis, [index], [id, result.expiresAt])))
+        follow.push(this.#kit.hub.exec((redis) => INDEX_PUT.run(redis, [index], [id, result.indexScore])))
       }
       if (laterRemove) {
         const index = laterRemove
@@ -203,20 +223,24 @@ export class SessionRepository {
     return result
   }
 
-  /** Extends a session's TTL (and its index entry); false when the session is gone. */
-  async touch(id: string, ttlMs: number, userId: string | undefined): Promise<boolean> {
+  /**
+   * Extends a session's TTL; false when the session is gone. With a user, the index entry moves
+   * too, but only when the new expiry comes near its score (`indexScore`, as read with the
+   * session): most touches are one PEXPIRE.
+   */
+  async touch(id: string, ttlMs: number, userId: string | undefined, indexScore = 0): Promise<boolean> {
     const key = this.sessionKey(id)
-    if (userId === undefined) {
+    if (userId === undefined || Date.now() + ttlMs + INDEX_MARGIN_MS < indexScore) {
       return (await this.#kit.hub.exec((redis) => redis.pexpire(key, ttlMs))) === 1
     }
     const index = this.indexKey(userId)
     if (this.#sameSlot(id, userId)) {
-      const expiresAt = await this.#kit.hub.exec((redis) => TOUCH.run(redis, [key, index], [ttlMs, id]))
-      return Number(expiresAt) > 0
+      const score = await this.#kit.hub.exec((redis) => TOUCH.run(redis, [key, index], [ttlMs, id]))
+      return Number(score) > 0
     }
-    const expiresAt = Number(await this.#kit.hub.exec((redis) => TOUCH.run(redis, [key], [ttlMs, id])))
-    if (expiresAt > 0) await this.#kit.hub.exec((redis) => INDEX_PUT.run(redis, [index], [id, expiresAt]))
-    return expiresAt > 0
+    const score = Number(await this.#kit.hub.exec((redis) => TOUCH.run(redis, [key], [ttlMs, id])))
+    if (score > 0) await this.#kit.hub.exec((redis) => INDEX_PUT.run(redis, [index], [id, score]))
+    return score > 0
   }
 
   /** Deletes a session and its index entry; returns true when it existed. */
@@ -233,13 +257,16 @@ export class SessionRepository {
     return Number(deleted) === 1
   }
 
-  /** A user's live index entries (expired ones are dropped first), soonest expiry first. */
+  /**
+   * A user's index entries (those past their score are dropped first), lowest score first. An
+   * entry may outlive its session by up to one TTL: callers verify the session exists.
+   */
   async listIndex(userId: string): Promise<IndexEntry[]> {
     const index = this.indexKey(userId)
     const flat = (await this.#kit.hub.exec((redis) => INDEX_LIST.run(redis, [index], []))) as string[]
     const entries: IndexEntry[] = []
     for (let i = 0; i + 1 < flat.length; i += 2) {
-      entries.push({ id: String(flat[i]), expiresAt: Number(flat[i + 1]) })
+      entries.push({ id: String(flat[i]), score: Number(flat[i + 1]) })
     }
     return entries
   }
@@ -296,13 +323,15 @@ function masters(redis: RedisClient) {
 function toRaw(hash: Record<string, string>): RawSession | null {
   let version: string | undefined
   let userId: string | undefined
+  let indexScore = 0
   const fields = new Map<string, string>()
   for (const name in hash) {
     const value = hash[name] as string
-    if (name.startsWith(DATA_PREFIX)) fields.set(name.slice(1), value)
+    if (name.charCodeAt(0) === 46 /* DATA_PREFIX */) fields.set(name.slice(1), value)
     else if (name === VERSION) version = value
     else if (name === USER) userId = value
+    else if (name === INDEX_SCORE) indexScore = Number(value)
   }
   if (version === undefined && fields.size === 0) return null
-  return { fields, version: version ?? '', userId }
+  return { fields, version: version ?? '', userId, indexScore }
 }

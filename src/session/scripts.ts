@@ -1,17 +1,23 @@
 import { LuaScript } from '../util/script.js'
 
 // Hash layout of one session: data fields are stored under '.' + name (one serialized value per
-// top-level field, so concurrent writers can merge field by field), bookkeeping under '#'.
+// top-level field, so concurrent writers can merge field by field), bookkeeping under '#':
+// '#v' version, '#u' indexed user, '#x' score of the session's entry in that user's index.
 // Times come from Redis's own clock (TIME), so index scores and key expiry agree across app servers.
+//
+// A user index entry is scored at expiry + one TTL of slack. A touch therefore only has to move
+// the entry once per TTL (when the session would outlive its score); the rest of the time it is a
+// plain PEXPIRE, as cheap as with a store without an index. Readers verify that each entry's
+// session still exists, so an expired session is never listed even while its entry lingers.
 
 const NOW = `local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)`
 
-// Keeps an index (sorted set of session ids scored by expiry) free of expired entries and makes
-// the index key itself expire with its last session.
-const INDEX_ADD = `local function index_add(idx, id, expires_at, now)
+// Keeps an index (sorted set of session ids) free of entries past their score and makes the
+// index key itself expire with its last entry.
+const INDEX_ADD = `local function index_add(idx, id, score, now)
   redis.call('ZREMRANGEBYSCORE', idx, '-inf', now)
-  redis.call('ZADD', idx, expires_at, id)
+  redis.call('ZADD', idx, score, id)
   local top = redis.call('ZRANGE', idx, -1, -1, 'WITHSCORES')
   redis.call('PEXPIREAT', idx, top[2])
 end`
@@ -23,7 +29,7 @@ end`
  * 5 version loaded by the caller, 6 mode ('n' new: replace; 'p' patch: merge into an existing
  * session; 's' strict patch: refuse when the version moved), 7/8 index key positions (0 = none),
  * 9 number N of fields to set, then N name/value pairs, then names of fields to delete.
- * Returns { status, version, conflict (0|1), expiresAt (ms, 0 if unknown) }.
+ * Returns { status, version, conflict (0|1), expiresAt (ms, 0 if unknown), index score (0 if none) }.
  */
 export const WRITE = new LuaScript(`${INDEX_ADD}
 local key = KEYS[1]
@@ -31,10 +37,10 @@ local mode = ARGV[6]
 local conflict = 0
 if mode ~= 'n' then
   -- a session destroyed meanwhile (logout, revoke) is never brought back by a late write
-  if redis.call('EXISTS', key) == 0 then return {'gone', '', 0, 0} end
+  if redis.call('EXISTS', key) == 0 then return {'gone', '', 0, 0, 0} end
   local stored = redis.call('HGET', key, '#v') or ''
   if stored ~= ARGV[5] then
-    if mode == 's' then return {'conflict', stored, 1, 0} end
+    if mode == 's' then return {'conflict', stored, 1, 0, 0} end
     conflict = 1
   end
 else
@@ -46,7 +52,7 @@ if #ARGV >= 10 + 2 * n then redis.call('HDEL', key, unpack(ARGV, 10 + 2 * n, #AR
 if ARGV[3] == 'set' then
   redis.call('HSET', key, '#u', ARGV[4])
 elseif ARGV[3] == 'clear' then
-  redis.call('HDEL', key, '#u')
+  redis.call('HDEL', key, '#u', '#x')
 end
 local version = redis.call('HINCRBY', key, '#v', 1)
 ${NOW}
@@ -59,16 +65,21 @@ else
   local left = redis.call('PTTL', key)
   if left > 0 then expires_at = now + left end
 end
+local score = 0
+if ARGV[3] == 'set' and ttl >= 0 then
+  score = expires_at + ttl
+  redis.call('HSET', key, '#x', score)
+end
 local new_idx = tonumber(ARGV[7])
-if new_idx > 0 and expires_at > 0 then index_add(KEYS[new_idx], ARGV[1], expires_at, now) end
+if new_idx > 0 and score > 0 then index_add(KEYS[new_idx], ARGV[1], score, now) end
 local old_idx = tonumber(ARGV[8])
 if old_idx > 0 then redis.call('ZREM', KEYS[old_idx], ARGV[1]) end
-return {'ok', tostring(version), conflict, expires_at}
+return {'ok', tostring(version), conflict, expires_at, score}
 `)
 
 /**
  * Adds one entry to a user index (used on Cluster when the session hash lives in another slot).
- * KEYS[1] index; ARGV: 1 id, 2 expiresAt ms.
+ * KEYS[1] index; ARGV: 1 id, 2 score (ms).
  */
 export const INDEX_PUT = new LuaScript(`${INDEX_ADD}
 ${NOW}
@@ -77,16 +88,18 @@ return 1
 `)
 
 /**
- * Extends a session's TTL without rewriting it, and its index entry with it. Never creates a
- * session that is gone. KEYS[1] session; KEYS[2] index (optional); ARGV: 1 ttl ms, 2 id.
- * Returns the new expiry (ms), or 0 when the session does not exist.
+ * Extends a session's TTL and moves its index entry to the new expiry + one TTL of slack. Never
+ * creates a session that is gone. KEYS[1] session; KEYS[2] index (absent on Cluster when it lives
+ * in another slot: the caller then adds the entry with INDEX_PUT). ARGV: 1 ttl ms, 2 id.
+ * Returns the new index score, or 0 when the session does not exist.
  */
 export const TOUCH = new LuaScript(`${INDEX_ADD}
 if redis.call('PEXPIRE', KEYS[1], ARGV[1]) == 0 then return 0 end
 ${NOW}
-local expires_at = now + tonumber(ARGV[1])
-if KEYS[2] then index_add(KEYS[2], ARGV[2], expires_at, now) end
-return expires_at
+local score = now + 2 * tonumber(ARGV[1])
+redis.call('HSET', KEYS[1], '#x', score)
+if KEYS[2] then index_add(KEYS[2], ARGV[2], score, now) end
+return score
 `)
 
 /**
@@ -100,8 +113,8 @@ return {deleted, user}
 `)
 
 /**
- * Lists a user index after dropping expired entries. KEYS[1] index.
- * Returns a flat list id, expiresAt, id, expiresAt...
+ * Lists a user index after dropping entries past their score. KEYS[1] index.
+ * Returns a flat list id, score, id, score...
  */
 export const INDEX_LIST = new LuaScript(`${NOW}
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)

@@ -223,7 +223,7 @@ export class Sessions {
     const ttlMs = this.#ttl(options.ttl)
     const raw = await this.repository.read(id)
     if (!raw) return false
-    return this.repository.touch(id, ttlMs, raw.userId)
+    return this.repository.touch(id, ttlMs, raw.userId, raw.indexScore)
   }
 
   /** Deletes the session and its index entry. True when it existed. */
@@ -231,20 +231,25 @@ export class Sessions {
     return this.repository.remove(id)
   }
 
-  /** Every live session of `userId`, soonest expiry first. Stale index entries are dropped. */
+  /**
+   * Every live session of `userId` (each verified to exist), soonest expiry first. Index entries
+   * whose session is gone are dropped.
+   */
   async listForUser<T extends Record<string, unknown> = Record<string, unknown>>(
     userId: UserId,
   ): Promise<Array<SessionRecord<T>>> {
     const user = String(userId)
     const entries = await this.repository.listIndex(user)
     const raws = await Promise.all(
-      entries.map((entry) => this.repository.read(entry.id).catch(corruptAsNull)),
+      entries.map((entry) => this.repository.readWithTtl(entry.id).catch(corruptAsNull)),
     )
     const sessions: Array<SessionRecord<T>> = []
     const stale: string[] = []
     entries.forEach((entry, i) => {
-      const raw = raws[i]
-      if (!raw || raw.userId !== user) {
+      const found = raws[i]
+      const raw = found?.raw
+      // The index may still hold a session that expired or moved to another user: never list it.
+      if (!found || !raw || raw.userId !== user || found.ttlMs === -2) {
         stale.push(entry.id)
         return
       }
@@ -255,10 +260,11 @@ export class Sessions {
         stale.push(entry.id)
         return
       }
-      sessions.push({ id: entry.id, userId: user, data: data as T, expiresAt: entry.expiresAt })
+      const expiresAt = found.ttlMs > 0 ? Date.now() + found.ttlMs : 0
+      sessions.push({ id: entry.id, userId: user, data: data as T, expiresAt })
     })
     await this.repository.dropIndexEntries(user, stale)
-    return sessions
+    return sessions.sort((a, b) => a.expiresAt - b.expiresAt)
   }
 
   /**
