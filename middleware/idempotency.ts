@@ -350,11 +350,6 @@ function record(
     keep(chunk, rest[0])
     return (write as (...args: unknown[]) => boolean).call(this, chunk, ...rest)
   } as Response['write']
-  res.end = function idempotencyEnd(this: Response, chunk?: unknown, ...rest: unknown[]) {
-    keep(chunk, rest[0])
-    return (end as (...args: unknown[]) => Response).call(this, chunk, ...rest)
-  } as Response['end']
-
   const onError = (error: unknown) =>
     kit.events.emit('error', { error: error as Error, connection: 'idempotency' })
   const lease = setInterval(
@@ -367,25 +362,35 @@ function record(
   )
   lease.unref?.()
 
-  let finished = false
-  res.once('finish', () => {
-    finished = true
-    clearInterval(lease)
+  const settle = (): Promise<unknown> => {
     // 5xx is not stored: the failure may be transient and the client may retry with the same key.
-    if (res.statusCode >= 500 || tooLarge) {
-      store.abort(claim.scope, claim.key, claim.fingerprint, claim.token).catch(onError)
-      return
-    }
+    if (res.statusCode >= 500 || tooLarge)
+      return store.abort(claim.scope, claim.key, claim.fingerprint, claim.token)
     const headers: Record<string, string | string[]> = {}
     for (const [name, value] of Object.entries(res.getHeaders())) {
       if (value === undefined || NOT_REPLAYED.has(name) || name === o.replayHeader.toLowerCase()) continue
       headers[name] = Array.isArray(value) ? value.map(String) : String(value)
     }
     const response: StoredResponse = { status: res.statusCode, headers, body: Buffer.concat(chunks) }
-    store.complete(claim.scope, claim.key, claim.fingerprint, claim.token, response, o.ttlMs).catch(onError)
-  })
+    return store.complete(claim.scope, claim.key, claim.fingerprint, claim.token, response, o.ttlMs)
+  }
+
+  let ended = false
+  res.end = function idempotencyEnd(this: Response, chunk?: unknown, ...rest: unknown[]) {
+    res.end = end
+    ended = true
+    clearInterval(lease)
+    keep(chunk, rest[0])
+    // The record is settled before the last bytes go out, so a retry sent once the client has
+    // this answer is replayed rather than told the first request is still running.
+    void settle()
+      .catch(onError)
+      .then(() => (end as (...args: unknown[]) => Response).call(this, chunk, ...rest))
+    return this
+  } as Response['end']
+
   res.once('close', () => {
-    if (finished) return
+    if (ended) return
     // The connection closed before the response was complete, but the handler may still be doing
     // its work: the key is not freed at once, only no longer extended, so it lapses after `lease`.
     clearInterval(lease)

@@ -1,4 +1,4 @@
-import type { Request, RequestHandler } from 'express'
+import type { Request, RequestHandler, Response } from 'express'
 import type { Duration, Lock, Locks, Redkit } from '../src/index.js'
 import { ConfigError, LockBusyError, LockUnavailableError, parseDuration } from '../src/index.js'
 import { sendProblem } from './problem.js'
@@ -112,8 +112,21 @@ export function lockRoute(kit: Redkit, options: LockRouteOptions): RequestHandle
     }
     res.off('close', onClose)
     const hold = locks.hold(lock)
+    let releasing: Promise<void> | undefined
+    const release = () => {
+      releasing ??= hold.stop()
+      return releasing
+    }
+    // The lease is released before the response's last bytes go out, so a client's next request
+    // never finds the resource still held by the request it just got an answer to.
+    const end = res.end
+    res.end = function lockRouteEnd(this: Response, ...args: unknown[]) {
+      res.end = end
+      void release().then(() => (end as (...a: unknown[]) => Response).apply(this, args))
+      return this
+    } as Response['end']
+    res.once('close', () => void release())
     res.locals.lock = lock
-    res.once('close', () => void hold.stop())
     next()
   }
 }

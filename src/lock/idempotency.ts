@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto'
+import { createHash, randomUUID } from 'node:crypto'
 import type { Redkit } from '../kit.js'
 import { CLAIM, DELETE_IF, EXPIRE_IF, REPLACE_IF } from './scripts.js'
 
@@ -15,6 +15,13 @@ export type IdempotencyBegin =
   | { kind: 'replay'; response: StoredResponse }
   | { kind: 'busy'; leftMs: number }
   | { kind: 'mismatch' }
+
+const HEX_DIGEST = /^[0-9a-f]{64}$/
+
+/** Fingerprints are stored as SHA-256 hex, so any text (even with the record's `|`) is safe. */
+function digest(fingerprint: string): string {
+  return HEX_DIGEST.test(fingerprint) ? fingerprint : createHash('sha256').update(fingerprint).digest('hex')
+}
 
 interface StoredJson {
   s: number
@@ -47,7 +54,8 @@ export class IdempotencyStore {
   }
 
   /** Claims the key for a first request, or tells what is already there. */
-  async begin(scope: string, key: string, fingerprint: string, leaseMs: number): Promise<IdempotencyBegin> {
+  async begin(scope: string, key: string, fp: string, leaseMs: number): Promise<IdempotencyBegin> {
+    const fingerprint = digest(fp)
     const token = randomUUID()
     const record = this.key(scope, key)
     const reply = await this.#kit.hub.exec((redis) =>
@@ -76,6 +84,7 @@ export class IdempotencyStore {
     response: StoredResponse,
     ttlMs: number,
   ): Promise<boolean> {
+    fingerprint = digest(fingerprint)
     const json: StoredJson = { s: response.status, h: response.headers, b: response.body.toString('base64') }
     const value = `d|${fingerprint}|${JSON.stringify(json)}`
     const ok = await this.#kit.hub.exec((redis) =>
@@ -92,6 +101,7 @@ export class IdempotencyStore {
     token: string,
     leaseMs: number,
   ): Promise<boolean> {
+    fingerprint = digest(fingerprint)
     const ok = await this.#kit.hub.exec((redis) =>
       EXPIRE_IF.run(redis, [this.key(scope, key)], [`p|${fingerprint}|${token}`, leaseMs]),
     )
@@ -100,6 +110,7 @@ export class IdempotencyStore {
 
   /** Drops the claim (a 5xx, an aborted response) so the client may retry with the same key. */
   async abort(scope: string, key: string, fingerprint: string, token: string): Promise<void> {
+    fingerprint = digest(fingerprint)
     await this.#kit.hub.exec((redis) =>
       DELETE_IF.run(redis, [this.key(scope, key)], [`p|${fingerprint}|${token}`]),
     )

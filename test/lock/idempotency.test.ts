@@ -189,7 +189,6 @@ describe('idempotency: replay, conflicts, mismatches', () => {
     const app = paymentsApp(kitA, counter)
     const first = await request(app).post('/fail').set('Idempotency-Key', 'f-1').send({})
     expect(first.status).toBe(503)
-    await sleep(50)
     const second = await request(app).post('/fail').set('Idempotency-Key', 'f-1').send({})
     expect(second.status).toBe(200)
     expect(counter.calls).toBe(2)
@@ -231,6 +230,23 @@ describe('idempotency: replay, conflicts, mismatches', () => {
     await request(app).get('/payments').set('Idempotency-Key', 'same')
     await request(app).post('/payments').send({ amount: 1 })
     expect(counter.calls).toBe(4)
+  })
+})
+
+describe('idempotency: custom fingerprint', () => {
+  it('uses any text as a fingerprint, separators included', async () => {
+    const counter = { calls: 0 }
+    const app = paymentsApp(kitA, counter, { fingerprint: (req) => `order|${req.body.amount}|x` })
+    const first = await request(app).post('/payments').set('Idempotency-Key', 'fp-1').send({ amount: 3 })
+    const replay = await request(app)
+      .post('/payments')
+      .set('Idempotency-Key', 'fp-1')
+      .send({ amount: 3, note: 'ignored' })
+    const other = await request(app).post('/payments').set('Idempotency-Key', 'fp-1').send({ amount: 4 })
+    expect(first.status).toBe(201)
+    expect(replay.headers['idempotent-replayed']).toBe('true')
+    expect(other.status).toBe(422)
+    expect(counter.calls).toBe(1)
   })
 })
 

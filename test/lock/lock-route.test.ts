@@ -41,19 +41,22 @@ function app(wait?: number) {
 
 describe('lockRoute', () => {
   it('answers 409 problem+json with Retry-After while another request holds the resource', async () => {
-    const { app: a } = app()
-    const [first, second] = await Promise.all([
-      request(a).post('/orders/1/ship'),
-      sleep(50).then(() => request(a).post('/orders/1/ship')),
-    ])
-    expect(first.status).toBe(200)
+    const { app: a, fences } = app()
+    const first = request(a)
+      .post('/orders/1/ship')
+      .then((r) => r)
+    // Wait until the first request is inside its handler, holding the lock.
+    for (let i = 0; i < 200 && fences.length === 0; i++) await sleep(10)
+    expect(fences).toHaveLength(1)
+    const second = await request(a).post('/orders/1/ship')
     expect(second.status).toBe(409)
     expect(second.headers['content-type']).toMatch(/application\/problem\+json/)
     expect(Number(second.headers['retry-after'])).toBeGreaterThanOrEqual(1)
+    expect((await first).status).toBe(200)
     // Released once the response ended.
     const third = await request(a).post('/orders/1/ship')
     expect(third.status).toBe(200)
-    expect(third.body.fence).toBeGreaterThan(first.body.fence)
+    expect(third.body.fence).toBeGreaterThan((await first).body.fence)
   })
 
   it('waits up to `wait` for the resource instead of answering 409', async () => {
