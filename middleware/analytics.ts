@@ -1,6 +1,6 @@
 import type { Request, RequestHandler } from 'express'
 import type { Redkit } from '../src/index.js'
-import { ConfigError, visitorFingerprint } from '../src/index.js'
+import { ConfigError } from '../src/index.js'
 
 /** Options of {@link analytics}. */
 export interface AnalyticsMiddlewareOptions {
@@ -10,8 +10,9 @@ export interface AnalyticsMiddlewareOptions {
    */
   skip?: (req: Request) => boolean
   /**
-   * Count unique visitors: a SHA-256 of IP and user agent, salted with a salt shared through Redis
-   * that changes every UTC day. Neither the IP nor the user agent is stored.
+   * Count unique visitors: a SHA-256 of IP and user agent with a salt shared through Redis that
+   * changes every UTC day, computed when the batch is written. Neither the IP nor the user agent
+   * is stored (they stay in process memory only until the next flush).
    * @default true
    */
   visitors?: boolean
@@ -88,8 +89,6 @@ export function analytics(kit: Redkit, options: AnalyticsMiddlewareOptions = {})
     const record = () => {
       if (done) return
       done = true
-      res.off('finish', record)
-      res.off('close', record)
       try {
         const durationMs = performance.now() - started
         const route = routePattern(req) ?? unmatched
@@ -98,7 +97,8 @@ export function analytics(kit: Redkit, options: AnalyticsMiddlewareOptions = {})
           method: req.method,
           status: res.statusCode,
           durationMs,
-          fingerprint: visitors ? visitorFingerprint(req.ip ?? '', req.get('user-agent') ?? '') : undefined,
+          // Hashed with the day's salt before anything is written; raw only in memory until then.
+          fingerprint: visitors ? `${req.ip ?? ''}\n${req.headers['user-agent'] ?? ''}` : undefined,
         }
         recorder.request(sample)
         if (kit.events.has('analytics:request')) {

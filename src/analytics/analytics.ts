@@ -40,7 +40,11 @@ export interface RequestSample {
   method: string
   status: number
   durationMs: number
-  /** `visitorFingerprint(ip, userAgent)`: salted with the day's shared salt before it is stored. */
+  /**
+   * Identifies the client for the day's uniques (the middleware passes IP and user agent). It is
+   * hashed (SHA-256) with the day's salt when the batch is written, so it never reaches Redis;
+   * until then it is held in process memory only.
+   */
   fingerprint?: string
 }
 
@@ -129,15 +133,27 @@ const NAME_RE = /^[\x21-\x7e]{1,64}$/
 export const OTHER = '(other)'
 
 /**
- * A fingerprint of a client (SHA-256 of IP and user agent). It is never stored as such: before it
- * reaches Redis it is hashed again with a salt that changes every UTC day and is shared by every
- * instance through Redis, so visitors can be counted per day but not followed across days.
+ * SHA-256 of IP and user agent, for an app that calls `request()` itself and prefers not to hold
+ * raw addresses in memory until the next flush. Like any fingerprint it is hashed again with the
+ * day's salt (shared by every instance through Redis) before it is stored, so visitors can be
+ * counted per day but not followed across days.
  */
 export function visitorFingerprint(ip: string, userAgent: string): string {
   return createHash('sha256').update(ip).update('\n').update(userAgent).digest('base64url')
 }
 
 type Command = [string, ...Array<string | number>]
+
+/** The current UTC day, as cached by `Analytics.#day()`. */
+interface Today {
+  start: number
+  day: string
+  expireAt: number
+  key(name: string, build: () => string): string
+}
+
+const METHOD_METRICS = new Map<string, string>([...METHODS, 'OTHER'].map((m) => [m, `requests.${m}`]))
+const STATUS_METRICS = ['status.5xx', 'status.1xx', 'status.2xx', 'status.3xx', 'status.4xx', 'status.5xx']
 type Reply = [Error | null, unknown]
 
 /**
@@ -161,7 +177,8 @@ export class Analytics {
   #earlyFlush = false
   #closed = false
   readonly #metrics = new Set<string>()
-  readonly #pages = { day: '', pages: new Set<string>(), routes: new Set<string>() }
+  readonly #pages = { pages: new Set<string>(), routes: new Set<string>() }
+  #today: Today = { start: 0, day: '', expireAt: 0, key: (_name, build) => build() }
   readonly #salts = new Map<string, string>()
   readonly #unsubscribe: Array<() => void> = []
   #dropped = 0
@@ -194,6 +211,7 @@ export class Analytics {
     const resolved = resolveAnalyticsOptions(options)
     this.#stop()
     this.#options = resolved
+    this.#today = { ...this.#today, start: 0 }
     this.#start()
     return this
   }
@@ -255,14 +273,18 @@ export class Analytics {
    * @example kit.analytics.pageView('/pricing', { visitorId: session.visitorId })
    */
   pageView(path: string, options: PageViewOptions = {}): void {
+    const now = Date.now()
+    const today = this.#day(now)
     const page = this.#page(path, 'pages')
     if (page === null || !this.#admit()) return
-    const now = Date.now()
-    const day = dayKey(now)
-    this.#pending.count('pageviews', bucketStart(now, 'minute'), 1)
-    this.#rankToday('pages', page, day, now)
+    this.#pending.count('pageviews', now - (now % 60_000), 1)
+    this.#rank(today, 'pages', page)
     const id = options.visitorId
-    if (typeof id === 'string' && id.length > 0) this.#unique('pageviews', id.slice(0, 128), day, now)
+    if (typeof id === 'string' && id.length > 0) {
+      const key = today.key('u:pageviews', () => this.#keys.tagged('pageviews', 'u', today.day))
+      this.#pending.unique(key, id.slice(0, 128))
+      this.#pending.expire(key, today.expireAt)
+    }
     this.#recorded()
   }
 
@@ -295,25 +317,24 @@ export class Analytics {
   request(sample: RequestSample): void {
     if (!this.#admit()) return
     const now = Date.now()
-    const minute = bucketStart(now, 'minute')
-    const day = dayKey(now)
-    const method = (METHODS as readonly string[]).includes(sample.method) ? sample.method : 'OTHER'
-    const status = Number.isInteger(sample.status) ? sample.status : 0
-    const statusClass = status >= 100 && status < 600 ? Math.floor(status / 100) : 5
+    const today = this.#day(now)
+    const minute = now - (now % 60_000)
+    const method = METHOD_METRICS.has(sample.method) ? sample.method : 'OTHER'
+    const status = sample.status
+    const statusMetric = STATUS_METRICS[Math.floor(status / 100)] ?? 'status.5xx'
     const pending = this.#pending
     pending.count('requests', minute, 1)
-    pending.count(`requests.${method}`, minute, 1)
-    pending.count(`status.${statusClass}xx`, minute, 1)
+    pending.count(METHOD_METRICS.get(method) ?? 'requests.OTHER', minute, 1)
+    pending.count(statusMetric, minute, 1)
     const latency = Math.round(sample.durationMs)
     if (latency > 0 && Number.isFinite(latency)) pending.count('latency.ms', minute, latency)
     const route = this.#page(sample.route, 'routes')
-    if (route !== null) this.#rankToday('routes', `${method} ${route}`, day, now)
-    if (method === 'GET' && status < 400 && route !== null) {
+    if (route === null) return
+    this.#rank(today, 'routes', `${method} ${route}`)
+    if (method === 'GET' && status < 400) {
       pending.count('pageviews', minute, 1)
-      this.#rankToday('pages', route, day, now)
-      if (sample.fingerprint) {
-        pending.visitor(`pageviews\0${day}`, sample.fingerprint)
-      }
+      this.#rank(today, 'pages', route)
+      if (sample.fingerprint) pending.visitor(`pageviews\0${today.day}`, sample.fingerprint.slice(0, 512))
     }
     this.#recorded()
   }
@@ -333,36 +354,54 @@ export class Analytics {
       this.#rejected++
       return null
     }
+    const seen = this.#pages[ranking]
+    // Only clean paths are ever added, so a known one needs no cleaning (the common case).
+    if (seen.has(path)) return path
     let clean = path
     const cut = clean.search(/[?#]/)
     if (cut >= 0) clean = clean.slice(0, cut)
     // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what is removed
     clean = clean.replace(/[\x00-\x1f\x7f]/g, '').slice(0, this.#options.maxPathLength) || '/'
-    const today = dayKey(Date.now())
-    if (this.#pages.day !== today) {
-      this.#pages.day = today
-      this.#pages.pages.clear()
-      this.#pages.routes.clear()
-    }
-    const seen = this.#pages[ranking]
     if (seen.has(clean)) return clean
     if (seen.size >= this.#options.maxPages) return OTHER
     seen.add(clean)
     return clean
   }
 
-  #rankToday(ranking: 'pages' | 'routes', member: string, day: string, now: number): void {
-    const key = this.#keys.tagged(ranking, 'top', day)
+  /**
+   * The current UTC day and what depends on it (key names, expiry, the per-day page caps),
+   * recomputed only when the day changes: recording stays free of date formatting.
+   */
+  #day(now: number): Today {
+    const today = this.#today
+    if (now >= today.start && now < today.start + DAY) return today
+    const start = now - (now % DAY)
+    const day = dayKey(now)
+    const keys = new Map<string, string>()
+    this.#pages.pages.clear()
+    this.#pages.routes.clear()
+    this.#today = {
+      start,
+      day,
+      expireAt: start + DAY + this.#options.retentionMs.day,
+      key: (name, build) => {
+        let key = keys.get(name)
+        if (key === undefined) {
+          key = build()
+          keys.set(name, key)
+        }
+        return key
+      },
+    }
+    return this.#today
+  }
+
+  #rank(today: Today, ranking: 'pages' | 'routes', member: string): void {
+    const key = today.key(ranking, () => this.#keys.tagged(ranking, 'top', today.day))
     this.#pending.rank(key, member, 1)
     // One more than maxPages: the (other) bucket must not push out a real page.
     this.#pending.keep.set(key, this.#options.maxPages + 1)
-    this.#pending.expire(key, bucketStart(now, 'day') + DAY + this.#options.retentionMs.day)
-  }
-
-  #unique(metric: string, id: string, day: string, now: number): void {
-    const key = this.#keys.tagged(metric, 'u', day)
-    this.#pending.unique(key, id)
-    this.#pending.expire(key, bucketStart(now, 'day') + DAY + this.#options.retentionMs.day)
+    this.#pending.expire(key, today.expireAt)
   }
 
   #logEntry(type: string, t: number, metadata: unknown): string {
