@@ -121,9 +121,10 @@ export class ConnectionHub {
         ),
       )
     }
-    let promise = operation(this.client)
-    // ioredis Cluster queues commands without a timeout while no node is reachable.
-    if (this.kind === 'cluster') promise = withTimeout(promise, this.commandTimeoutMs)
+    // The bound runs from the call, not from when ioredis sends the command: ioredis Cluster
+    // queues commands without a timeout while no node is reachable, and an auto-pipeline waits
+    // (untimed) behind one still in flight on a socket that just died.
+    let promise = withTimeout(operation(this.client), this.commandTimeoutMs)
     if (this.#events.has('command')) promise = this.#timed(promise)
     return breaker
       ? promise.then(this.#onSuccess as (v: T) => T, this.#onFailure)

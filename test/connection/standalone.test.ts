@@ -268,6 +268,32 @@ describe('kit when Redis is down', () => {
     await own.stop()
   })
 
+  it('settles every command within the command timeout when the server hangs under load', async () => {
+    const own = await startRedis()
+    const kit = createRedkit({ redis: own.url, prefix, configFile: false, env: {}, commandTimeout: 400, breaker: false })
+    const key = kit.keys.module('app').key('load')
+    await kit.hub.exec((r) => r.set(key, '0'))
+    const durations: number[] = []
+    let running = true
+    const workers = Array.from({ length: 20 }, async () => {
+      while (running) {
+        const started = performance.now()
+        await kit.hub.exec((r) => r.incr(key)).catch(() => undefined)
+        durations.push(performance.now() - started)
+      }
+    })
+    await new Promise((r) => setTimeout(r, 200))
+    own.server.pause() // sockets stay open, nothing is answered
+    await new Promise((r) => setTimeout(r, 1500))
+    running = false
+    await Promise.all(workers)
+    own.server.resume()
+    // Bounded from the call: no command waits behind an auto-pipeline stuck on the hung socket.
+    expect(Math.max(...durations)).toBeLessThan(400 + 250)
+    await kit.close()
+    await own.stop()
+  })
+
   it('does not run a command later that already failed with a timeout while Redis was away', async () => {
     const own = await startRedis()
     const kit = createRedkit({
