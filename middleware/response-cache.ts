@@ -338,7 +338,7 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
   ): Promise<{ entry: ResponseEntry | VaryMarker; layer: 'l1' | 'l2' } | undefined> {
     const raw = await store.readEntry(key)
     if (!raw) return undefined
-    const entry = decodeEntry(raw.value)
+    const entry = decodeEntry(raw.value, o.l1)
     if (!entry) return undefined
     // The engine hands out the same object while it sits in memory: a second sighting is an L1 hit.
     let layer: 'l1' | 'l2' = 'l2'

@@ -83,9 +83,11 @@ const decoded = new WeakMap<Buffer, StoredEntry>()
 
 /**
  * Decodes an entry; `undefined` for anything malformed or of another version (treated as a miss,
- * never served).
+ * never served). `memoize: false` for buffers seen once (read from Redis with no memory tier):
+ * remembering them would only load the garbage collector.
  */
-export function decodeEntry(value: Buffer): StoredEntry | undefined {
+export function decodeEntry(value: Buffer, memoize = true): StoredEntry | undefined {
+  if (!memoize) return parse(value)
   const known = decoded.get(value)
   if (known) return known
   const entry = parse(value)
