@@ -1,6 +1,18 @@
+import { randomBytes } from 'node:crypto'
 import express from 'express'
 import { createRedkit } from 'redkit'
-import { health, idempotency, lockRoute, loginProtection, rateLimit, responseCache } from 'redkit/middleware'
+import {
+  analytics,
+  analyticsDashboard,
+  health,
+  idempotency,
+  lockRoute,
+  loginProtection,
+  metrics,
+  rateLimit,
+  responseCache,
+  session,
+} from 'redkit/middleware'
 import { demoRedisUrl } from './redis.js'
 
 const { url, source } = await demoRedisUrl()
@@ -9,6 +21,14 @@ kit.on('error', ({ error, connection }) => console.warn(`[redis ${connection}] $
 
 const app = express()
 app.use(health(kit))
+
+// --- analytics ---
+// First in the chain so that every route below is counted (by route pattern, never the raw URL).
+// GET /dashboard: live charts; GET /metrics: Prometheus text format. A real app puts both behind auth.
+app.use(await metrics(kit))
+app.use(analytics(kit, { skip: (req) => req.path.startsWith('/dashboard') || req.path === '/metrics' }))
+app.use('/dashboard', analyticsDashboard(kit, { title: 'redkit demo analytics' }))
+// --- analytics ---
 
 app.get('/', (_req, res) => {
   res.json({ name: 'redkit demo', try: ['/healthz', '/visits'] })
@@ -86,6 +106,81 @@ app.post(
 )
 // --- rate-limit ---
 
+// --- session ---
+// Sessions live under /account only, so the other routes never depend on the session store.
+// POST /account/login {"username"} starts a session (a new id: no session fixation), GET /account/me,
+// GET /account/sessions lists "my sessions", POST /account/logout-others logs out everywhere else,
+// POST /account/logout ends this one. With Redis down these answer 503 problem+json, fast.
+declare module 'express-session' {
+  interface SessionData {
+    userId?: string
+    userAgent?: string
+    loginAt?: string
+  }
+}
+let sessionSecret = process.env.SESSION_SECRET
+if (!sessionSecret) {
+  // Demo only: a real app must refuse to start without its secret (session() requires 32+ chars).
+  sessionSecret = randomBytes(32).toString('base64url')
+  console.warn(
+    '[demo] SESSION_SECRET is not set: using a random secret for this run (sessions end on restart).',
+  )
+}
+const account = express.Router()
+account.use(express.json(), session(kit, { secret: sessionSecret, cookie: { maxAge: 7 * 86_400_000 } }))
+account.post('/login', (req, res, next) => {
+  const username = typeof req.body?.username === 'string' ? req.body.username.trim() : ''
+  if (!username) {
+    res.status(400).json({ error: 'send {"username": "..."}' })
+    return
+  }
+  // Regenerate before storing the user: an id planted in the browser before login is worthless after.
+  req.session.regenerate((error) => {
+    if (error) return next(error)
+    req.session.userId = username
+    req.session.userAgent = req.get('user-agent') ?? 'unknown'
+    req.session.loginAt = new Date().toISOString()
+    res.json({ loggedIn: username })
+  })
+})
+account.get('/me', (req, res) => {
+  if (!req.session.userId) {
+    res.status(401).json({ loggedIn: false })
+    return
+  }
+  res.json({ userId: req.session.userId, loginAt: req.session.loginAt })
+})
+account.get('/sessions', async (req, res) => {
+  const userId = req.session.userId
+  if (!userId) {
+    res.status(401).json({ loggedIn: false })
+    return
+  }
+  const sessions = await kit.sessions.listForUser(userId)
+  res.json(
+    sessions.map((s) => ({
+      current: s.id === req.sessionID,
+      userAgent: s.data.userAgent,
+      loginAt: s.data.loginAt,
+      expiresAt: new Date(s.expiresAt).toISOString(),
+    })),
+  )
+})
+account.post('/logout-others', async (req, res) => {
+  const userId = req.session.userId
+  if (!userId) {
+    res.status(401).json({ loggedIn: false })
+    return
+  }
+  const revoked = await kit.sessions.revokeAllForUser(userId, { except: req.sessionID })
+  res.json({ revoked })
+})
+account.post('/logout', (req, res, next) => {
+  req.session.destroy((error) => (error ? next(error) : res.json({ loggedIn: false })))
+})
+app.use('/account', account)
+// --- session ---
+
 const port = Number(process.env.PORT ?? 3000)
 const server = app.listen(port, '127.0.0.1', () => {
   const base = `http://127.0.0.1:${port}`
@@ -93,6 +188,7 @@ const server = app.listen(port, '127.0.0.1', () => {
   console.log('Try:')
   console.log(`  curl -s ${base}/healthz`)
   console.log(`  curl -s ${base}/visits`)
+  console.log(`  open ${base}/dashboard   # analytics charts;  curl -s ${base}/metrics   # Prometheus`)
   console.log(
     `  for i in 1 2 3 4 5 6; do curl -si ${base}/api/quote | grep -iE '^(HTTP|ratelimit|retry)'; done`,
   )
@@ -103,6 +199,10 @@ const server = app.listen(port, '127.0.0.1', () => {
     `  curl -s -X POST ${base}/payments -H 'Idempotency-Key: "order-1"' -H 'Content-Type: application/json' -d '{"amount":10}'`,
   )
   console.log(`  curl -s -X POST ${base}/reports/daily/build & curl -s -X POST ${base}/reports/daily/build`)
+  console.log(
+    `  curl -s -c /tmp/redkit-demo.jar -X POST ${base}/account/login -H 'Content-Type: application/json' -d '{"username":"ann"}'`,
+  )
+  console.log(`  curl -s -b /tmp/redkit-demo.jar ${base}/account/sessions`)
 })
 
 async function shutdown(): Promise<void> {
