@@ -68,13 +68,17 @@ describe('kit.locks: acquire, release, extend', () => {
   it('acquire waits with retries for a lease to be released and reports the wait', async () => {
     const events: string[] = []
     const off = kitB.on('lock:wait', ({ resource }) => events.push(`wait:${resource}`))
+    const offAcquired = kitB.on('lock:acquired', ({ resource, waitedMs }) =>
+      events.push(`acquired:${resource}:${waitedMs > 0}`),
+    )
     const held = await kitA.locks.acquire('job:2', { ttl: '5s' })
     setTimeout(() => void held.release(), 150)
     const lock = await kitB.locks.acquire('job:2', { retry: { attempts: 20, delay: 50, jitter: 10 } })
     expect(lock.fence).toBeGreaterThan(held.fence)
-    expect(events).toEqual(['wait:job:2'])
+    expect(events).toEqual(['wait:job:2', 'acquired:job:2:true'])
     await lock.release()
     off()
+    offAcquired()
   })
 
   it('gives up with LockBusyError after the bounded retries, naming resource and attempts', async () => {
