@@ -75,6 +75,33 @@ describe('stale-while-revalidate', () => {
     expect([fresh.text, fresh.headers['x-cache']]).toEqual(['v2', 'HIT'])
   })
 
+  it('runs one background refresh across two instances', async () => {
+    const p = path('swr-two')
+    let calls = 0
+    const handler = async (_req: unknown, res: import('express').Response) => {
+      calls++
+      const mine = calls
+      await sleep(200)
+      res.set('Cache-Control', 'max-age=1, stale-while-revalidate=30')
+      res.send(`v${mine}`)
+    }
+    const appA = appWith(responseCache(kitA), (a) => a.get(p, handler))
+    const appB = appWith(responseCache(kitB), (a) => a.get(p, handler))
+    let stored = nextStore(kitA)
+    await request(appA).get(p)
+    await stored
+    await sleep(1100)
+    stored = nextStore(kitA)
+    const storedB = nextStore(kitB)
+    const answers = await Promise.all(
+      Array.from({ length: 10 }, (_, i) => request(i % 2 ? appA : appB).get(p)),
+    )
+    for (const a of answers) expect([a.text, a.headers['x-cache']]).toEqual(['v1', 'STALE'])
+    await Promise.race([stored, storedB])
+    await sleep(300)
+    expect(calls).toBe(2)
+  })
+
   it('takes the window from the option when the response has no directive', async () => {
     const p = path('swr-option')
     let calls = 0
