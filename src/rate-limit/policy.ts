@@ -72,6 +72,8 @@ export class RateLimitPolicy {
   /** Blocked keys and when their block ends (ms since epoch), so blocked requests skip Redis. */
   readonly #blocks = new LRUCache<string, number>({ max: BLOCK_CACHE_SIZE })
   readonly #limitArgs: number[]
+  /** Script arguments for the common cost of 1, built once. */
+  readonly #argsCost1: number[]
   #memory: RateLimiterMemory[] | undefined
 
   constructor(kit: Redkit, resolved: ResolvedPolicy) {
@@ -83,6 +85,7 @@ export class RateLimitPolicy {
     this.onRedisError = resolved.onRedisError
     this.policyField = resolved.limits.map((l) => l.policyItem).join(', ')
     this.#limitArgs = resolved.limits.flatMap((l) => [l.points, l.durationMs])
+    this.#argsCost1 = [1, this.blockMs, ...this.#limitArgs]
   }
 
   /**
@@ -101,7 +104,7 @@ export class RateLimitPolicy {
       result = this.#blockedResult(blockedFor, 'block-cache')
     } else {
       const keys = this.#redisKeys(id)
-      const args = [cost, this.blockMs, ...this.#limitArgs]
+      const args = cost === 1 ? this.#argsCost1 : [cost, this.blockMs, ...this.#limitArgs]
       let reply: number[] | undefined
       try {
         reply = (await this.#kit.hub.exec((redis) => CONSUME.run(redis, keys, args))) as number[]
@@ -213,6 +216,7 @@ export class RateLimitPolicy {
   }
 
   #blockedFor(id: string): number {
+    if (this.#blocks.size === 0) return 0
     const until = this.#blocks.get(id)
     if (until === undefined) return 0
     const left = until - Date.now()
