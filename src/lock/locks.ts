@@ -139,6 +139,9 @@ export class Locks {
     routine: (lock: Lock, signal: AbortSignal) => Promise<T> | T,
     options: UsingOptions = {},
   ): Promise<T> {
+    if (typeof routine !== 'function') {
+      throw new ConfigError('routine', 'must be a function', 'pass async (lock, signal) => { ... }')
+    }
     const lock = await this.acquire(resources, options)
     const keeper = this.#keepAlive(lock)
     const signal = options.signal ? AbortSignal.any([lock.signal, options.signal]) : lock.signal

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import { LockBusyError, LockLostError, LockUnavailableError } from '../errors.js'
+import { ConfigError, LockBusyError, LockLostError, LockUnavailableError } from '../errors.js'
 import type { Redkit } from '../kit.js'
 import { CLAIM, DELETE_IF, EXPIRE_IF, REPLACE_IF } from './scripts.js'
 
@@ -22,8 +22,14 @@ export async function runOnce<T>(
   job: (signal: AbortSignal) => Promise<T> | T,
   options: ResolvedOnce,
 ): Promise<T> {
-  if (typeof key !== 'string' || key.length === 0)
-    throw new TypeError('once(key): key must be a non-empty string')
+  if (typeof key !== 'string' || key.length === 0) {
+    throw new ConfigError(
+      'key',
+      `must be a non-empty string, got ${JSON.stringify(key)}`,
+      "write 'invoice:42:send'",
+    )
+  }
+  if (typeof job !== 'function') throw new ConfigError('job', 'must be a function', 'pass async () => result')
   const recordKey = kit.keys.module('once').key(key)
   const mine = RUNNING + randomUUID()
   const hub = kit.hub

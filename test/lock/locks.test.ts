@@ -41,6 +41,15 @@ describe('kit.locks: bad input', () => {
     expect(() => createLocks(kitA, { servers: ['redis://a', 'redis://b'] })).toThrow(ConfigError)
     expect(() => createLocks(kitA, { driftFactor: 2 })).toThrow(ConfigError)
     expect(() => createLocks(kitA, { ttl: '1 fortnight' })).toThrow(/locks\.ttl/)
+    await expect(kitA.locks.using('x', 'not a function' as never)).rejects.toBeInstanceOf(ConfigError)
+    await expect(kitA.locks.once('', async () => 1)).rejects.toBeInstanceOf(ConfigError)
+    await expect(kitA.locks.once('k', async () => 1, { ttl: 'eventually' })).rejects.toBeInstanceOf(
+      ConfigError,
+    )
+    // Nothing was left locked by the refused calls.
+    const x = await kitA.locks.tryAcquire('x')
+    expect(x).not.toBeNull()
+    await x?.release()
   })
 
   it('keeps resources with separators and braces apart from each other', async () => {
