@@ -1,3 +1,5 @@
+import { Redis } from 'ioredis'
+import { RateLimiterRedis, RateLimiterUnion } from 'rate-limiter-flexible'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { ConfigError, createRedkit, RateLimitQueueError, type Redkit } from '../../src/index.js'
 import { type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/index.js'
@@ -61,6 +63,42 @@ describe('kit.rateLimits on a standalone server', () => {
       { name: 'second', limit: 3, remaining: 0, resetMs: expect.any(Number) },
       { name: 'day', limit: 1000, remaining: 997, resetMs: expect.any(Number) },
     ])
+  })
+
+  it("does better than rate-limiter-flexible's RateLimiterUnion, which spends points in the other limits", async () => {
+    const client = new Redis(redis.url)
+    try {
+      const second = new RateLimiterRedis({
+        storeClient: client,
+        keyPrefix: `${prefix}:u-second`,
+        points: 3,
+        duration: 60,
+      })
+      const day = new RateLimiterRedis({
+        storeClient: client,
+        keyPrefix: `${prefix}:u-day`,
+        points: 1000,
+        duration: 86400,
+      })
+      const union = new RateLimiterUnion(second, day)
+      for (let i = 0; i < 3; i++) await union.consume('u1')
+      await expect(union.consume('u1')).rejects.toBeDefined()
+      // The rejected request was still charged to the daily limit.
+      expect((await day.get('u1'))?.consumedPoints).toBe(4)
+      const k = kit()
+      const options = {
+        name: 'union',
+        limits: [
+          { name: 'second', points: 3, duration: '1m' },
+          { name: 'day', points: 1000, duration: '1d' },
+        ],
+      }
+      for (let i = 0; i < 3; i++) await k.rateLimits.consume('u1', options)
+      expect((await k.rateLimits.consume('u1', options)).allowed).toBe(false)
+      expect((await k.rateLimits.get('u1', options)).limits[1]?.remaining).toBe(997)
+    } finally {
+      await client.quit()
+    }
   })
 
   it('reports remaining points and window, with a TTL on every counter', async () => {
