@@ -44,9 +44,18 @@ export function serverNode(server: LockServer, commandTimeoutMs: number, maxRetr
   // Errors surface as failed votes; without a listener ioredis would print each reconnect failure.
   if (owned) client.on('error', () => undefined)
   const label = `${client.options.host ?? 'localhost'}:${client.options.port ?? 6379}`
+  // Once connected, a server that drops out is reported at once instead of queueing: a queued
+  // acquisition that already counted as failed would otherwise still run when the server returns.
+  let connected = client.status === 'ready'
+  client.on('ready', () => {
+    connected = true
+  })
   return {
     label,
     run: async (script, keys, args) => {
+      if (connected && client.status !== 'ready') {
+        throw new ConnectionError(`Lock server ${label} is not connected (${client.status}).`)
+      }
       try {
         return await withTimeout(script.run(client, keys, args), commandTimeoutMs)
       } catch (error) {
