@@ -594,7 +594,8 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
         return origin(req, res, next, lk, mode)
       }
       try {
-        await origin(req, res, next, lk, mode)
+        // A handler that never answers must not hold the flight (and its followers) forever.
+        await withDeadline(origin(req, res, next, lk, mode), o.leaseMs)
       } finally {
         void store.releaseLease(lk.key, token)
       }
@@ -836,6 +837,18 @@ function parseUrl(url: string): { host: string; path: string; query: string } {
 function requestHost(req: Request): string {
   const host = req.hostname
   return typeof host === 'string' ? host.toLowerCase() : ''
+}
+
+/** Resolves when `promise` settles or after `ms`, whichever comes first. */
+function withDeadline(promise: Promise<void>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  return Promise.race([
+    promise,
+    new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, ms)
+      timer.unref()
+    }),
+  ]).finally(() => clearTimeout(timer))
 }
 
 function sameList(a: readonly string[], b: readonly string[]): boolean {
