@@ -124,6 +124,8 @@ class CacheCore {
   readonly bus: CacheBus
   readonly flights = new SingleFlight()
   readonly waiters = new Map<string, Set<() => void>>()
+  /** GETs in flight, shared by concurrent readers of one key. */
+  readonly reads = new Map<string, Promise<StoredEntry | undefined>>()
 
   constructor(kit: Redkit, options: ResolvedCacheEngineOptions) {
     this.kit = kit
@@ -146,13 +148,16 @@ class CacheCore {
   receive(message: BusMessage): void {
     if (message.t === 'keys') {
       for (const key of message.k) {
+        this.reads.delete(key)
         this.memory?.delete(key)
         this.wake(key)
       }
     } else if (message.t === 'tags') {
+      this.reads.clear()
       for (const [tag, version] of Object.entries(message.v)) this.tags.learn(tag, version)
       this.memory?.deleteTagged(new Set(Object.keys(message.v)))
     } else if (message.t === 'clear') {
+      this.reads.clear()
       this.memory?.deletePrefix(message.p)
     }
   }
@@ -307,10 +312,14 @@ export class CacheEngine {
   async deleteKeys(keys: readonly string[]): Promise<void> {
     if (keys.length === 0) return
     const rkeys = keys.map((key) => this.redisKey(key))
-    for (const rkey of rkeys) this.#memory?.delete(rkey)
+    for (const rkey of rkeys) {
+      this.#core.reads.delete(rkey)
+      this.#memory?.delete(rkey)
+    }
     if (this.#core.memory && this.#core.memory !== this.#memory)
       for (const rkey of rkeys) this.#core.memory.delete(rkey)
     await boundedExec(this.#kit, (redis) => Promise.all(rkeys.map((rkey) => redis.unlink(rkey))))
+    for (const rkey of rkeys) this.#core.reads.delete(rkey)
     await this.#core.bus.publish({ i: this.#core.bus.id, t: 'keys', k: rkeys })
     if (this.#kit.events.has('cache:invalidate')) {
       this.#kit.events.emit('cache:invalidate', { cache: this.name, keys: [...keys] })
@@ -330,6 +339,7 @@ export class CacheEngine {
     if (unique.length === 0) return
     this.#core.memory?.deleteTagged(new Set(unique))
     const versions = await this.#core.tags.bump(unique)
+    this.#core.reads.clear()
     await this.#core.bus.publish({ i: this.#core.bus.id, t: 'tags', v: versions })
     // A racing write that read the old version before our INCR may have refilled memory.
     this.#core.memory?.deleteTagged(new Set(unique))
@@ -368,6 +378,7 @@ export class CacheEngine {
         }),
       )
     })
+    this.#core.reads.clear()
     await this.#core.bus.publish({ i: this.#core.bus.id, t: 'clear', p: this.#base })
     if (this.#kit.events.has('cache:invalidate'))
       this.#kit.events.emit('cache:invalidate', { cache: this.name })
@@ -503,28 +514,60 @@ export class CacheEngine {
         stale = item
       }
     }
-    let bytes: Buffer | null
+    let entry: StoredEntry | undefined
     try {
-      bytes = await boundedExec(this.#kit, (redis) => redis.getBuffer(rkey))
+      entry = await this.#readRedis(rkey)
     } catch (error) {
       if (stale && isConnectionError(error)) return { entry: stale, layer: 'l1' }
       throw error
     }
-    if (bytes === null) {
+    if (entry === undefined) {
       if (stale) memory?.delete(rkey)
       return undefined
     }
+    return { entry, layer: 'l2' }
+  }
+
+  /**
+   * One GET per key at a time: concurrent readers of a hot key share the round trip and the
+   * decoded value. Local writes, deletes and invalidations drop the shared read, so a caller that
+   * starts after them never receives what was read before them.
+   */
+  #readRedis(rkey: string): Promise<StoredEntry | undefined> {
+    const reads = this.#core.reads
+    let read = reads.get(rkey)
+    if (read === undefined) {
+      read = this.#fetch(rkey)
+      reads.set(rkey, read)
+      const shared = read
+      const forget = () => {
+        if (reads.get(rkey) === shared) reads.delete(rkey)
+      }
+      read.then(forget, forget)
+    }
+    return read
+  }
+
+  async #fetch(rkey: string): Promise<StoredEntry | undefined> {
+    const memory = this.#memory
+    const bytes = await boundedExec(this.#kit, (redis) => redis.getBuffer(rkey))
+    if (bytes === null) return undefined
     const entry = unpackEntry(bytes)
     if (!entry || Date.now() >= entry.staleUntil) return undefined
-    if (entry.tags.length > 0 && !(await this.#core.tags.valid(entry.tags, entry.tagVersions))) {
-      memory?.delete(rkey)
-      return undefined
+    if (entry.tags.length > 0) {
+      const valid = this.#core.tags.knownCurrent(entry.tags, entry.tagVersions)
+        ? true
+        : await this.#core.tags.valid(entry.tags, entry.tagVersions)
+      if (!valid) {
+        memory?.delete(rkey)
+        return undefined
+      }
     }
     // The Buffer from ioredis is ours alone; keep it (no copy).
     if (memory && (entry.tags.length === 0 || this.#core.tags.knownCurrent(entry.tags, entry.tagVersions))) {
       memory.set(rkey, entry)
     }
-    return { entry, layer: 'l2' }
+    return entry
   }
 
   /** {@link #read} for value calls: Redis unavailable becomes `'down'` plus a bypass event. */
@@ -709,6 +752,7 @@ export class CacheEngine {
     const packed = packEntry(entry)
     const px = Math.max(1, Math.ceil(entry.staleUntil - Date.now()))
     await boundedExec(this.#kit, (redis) => redis.set(rkey, packed, 'PX', px))
+    this.#core.reads.delete(rkey)
     if (this.#memory && this.#core.tags.knownCurrent(entry.tags, entry.tagVersions)) {
       const item: MemoryItem = unpackEntry(packed) as MemoryItem
       // The decoded value is the caller's object: later hits share it (documented: read-only).

@@ -63,10 +63,64 @@ export function normalizeQuery(query: string): string {
  * (`1` and `'1'`, a Date and its ISO string, give different keys). Throws `CodecError` for
  * parameters that cannot be encoded.
  */
-export function queryKey(
-  query: string,
-  params: readonly unknown[] | Record<string, unknown> | undefined,
-): string {
+export function queryKey(query: string, params: QueryParamsInput): string {
+  // Hot path: the same statement with scalar parameters is looked up again and again.
+  const memoKey = scalarMemoKey(query, params)
+  if (memoKey !== undefined) {
+    const known = memo.get(memoKey)
+    if (known !== undefined) return known
+  }
+  const key = deriveKey(query, params)
+  if (memoKey !== undefined) {
+    if (memo.size >= MEMO_MAX) memo.delete(memo.keys().next().value as string)
+    memo.set(memoKey, key)
+  }
+  return key
+}
+
+type QueryParamsInput = readonly unknown[] | Record<string, unknown> | undefined
+
+const MEMO_MAX = 10_000
+const MEMO_MAX_CHARS = 4096
+const memo = new Map<string, string>()
+
+/**
+ * A string that identifies (query, params) exactly when every parameter is a scalar (its type is
+ * part of it, so `1` and `'1'` differ); `undefined` otherwise, or when too long to be worth keeping.
+ */
+function scalarMemoKey(query: string, params: QueryParamsInput): string | undefined {
+  if (params !== undefined && !Array.isArray(params)) return undefined
+  let out = query
+  if (params) {
+    for (let i = 0; i < params.length; i++) {
+      const p: unknown = params[i]
+      switch (typeof p) {
+        case 'string':
+          out += `\u0000s${p.length}:${p}`
+          break
+        case 'number':
+          out += `\u0000n${Object.is(p, -0) ? '-0' : String(p)}`
+          break
+        case 'boolean':
+          out += p ? '\u0000t' : '\u0000f'
+          break
+        case 'bigint':
+          out += `\u0000b${p}`
+          break
+        case 'undefined':
+          out += '\u0000u'
+          break
+        default:
+          if (p === null) out += '\u0000z'
+          else return undefined
+      }
+      if (out.length > MEMO_MAX_CHARS) return undefined
+    }
+  }
+  return out.length > MEMO_MAX_CHARS ? undefined : out
+}
+
+function deriveKey(query: string, params: QueryParamsInput): string {
   const hash = createHash('sha256')
   hash.update(normalizeQuery(query))
   hash.update('\u0000')

@@ -329,6 +329,21 @@ describe('cache engine: raw entries and stampede tools', () => {
     expect(stores[0]?.bytes).toBeGreaterThan(0)
   })
 
+  it('concurrent reads of one key share one GET, and a read after a write sees the write', async () => {
+    const ns = kitA.cache.namespace('shared-read', { l1: false })
+    await ns.set('hot', { v: 1 })
+    let commands = 0
+    const off = kitA.on('command', () => commands++)
+    const values = await Promise.all(Array.from({ length: 20 }, () => ns.get<{ v: number }>('hot')))
+    off()
+    expect(values.every((v) => v?.v === 1)).toBe(true)
+    expect(commands).toBeLessThan(20)
+    const pending = ns.get('hot')
+    await ns.set('hot', { v: 2 })
+    expect(await ns.get('hot')).toEqual({ v: 2 })
+    await pending
+  })
+
   it('works with L1 off: every hit comes from Redis', async () => {
     const noL1 = kitA.cache.namespace('nol1', { l1: false })
     const hits = record(kitA, 'cache:hit')
