@@ -145,6 +145,13 @@ interface Snapshot {
   saved: boolean
 }
 
+/**
+ * Where a session object keeps its snapshot: a symbol key, which express-session's copy (for...in),
+ * its change detection (JSON.stringify) and the serializer all ignore.
+ */
+const SNAPSHOT = Symbol('redkit.session.snapshot')
+type Snapshotted = { [SNAPSHOT]?: Snapshot }
+
 function userOf(session: Record<string, unknown>, field: string | false): string | undefined {
   if (field === false) return undefined
   const value = session[field]
@@ -176,10 +183,6 @@ export class RedisSessionStore extends ExpressStore {
   readonly kit: Redkit
   readonly repository: SessionRepository
   readonly #options: ResolvedStoreOptions
-  /** Objects returned by get() → what was read, until express-session turns them into a Session. */
-  readonly #loaded = new WeakMap<object, Snapshot>()
-  /** Session objects of live requests → their snapshot. */
-  readonly #snapshots = new WeakMap<object, Snapshot>()
 
   constructor(options: RedisSessionStoreOptions) {
     super()
@@ -242,20 +245,20 @@ export class RedisSessionStore extends ExpressStore {
     data.cookie ??= { originalMaxAge: null, expires: null, httpOnly: true, path: '/' }
     const fields = raw.fields
     fields.delete('cookie')
-    this.#loaded.set(data, {
+    ;(data as Snapshotted)[SNAPSHOT] = {
       fields,
       version: raw.version,
       userId: raw.userId,
       indexScore: raw.indexScore,
       saved: false,
-    })
+    }
     return data as unknown as SessionData
   }
 
   override createSession(req: Request, session: SessionData) {
     const created = super.createSession(req, session)
-    const snapshot = this.#loaded.get(session)
-    if (snapshot) this.#snapshots.set(created, snapshot)
+    const snapshot = (session as Snapshotted)[SNAPSHOT]
+    if (snapshot) (created as Snapshotted)[SNAPSHOT] = snapshot
     return created
   }
 
@@ -276,7 +279,7 @@ export class RedisSessionStore extends ExpressStore {
     const total = bytes + Buffer.byteLength(cookie)
     if (total > maxSize) throw new SessionTooLargeError(total, maxSize)
     const userId = userOf(session, userField)
-    const snapshot = this.#snapshots.get(session)
+    const snapshot = (session as Snapshotted)[SNAPSHOT]
     const set: Array<[string, string]> = []
     const remove: string[] = []
     if (snapshot) {
@@ -302,13 +305,13 @@ export class RedisSessionStore extends ExpressStore {
     if (result.status === 'conflict') throw new SessionConflictError(snapshot?.version ?? '', result.version)
     // 'gone': destroyed meanwhile (logout elsewhere, revoke): the late write is dropped on purpose.
     if (result.status !== 'ok') return
-    this.#snapshots.set(session, {
+    ;(session as Snapshotted)[SNAPSHOT] = {
       fields,
       version: result.version,
       userId,
       indexScore: result.indexScore,
       saved: true,
-    })
+    }
   }
 
   /**
@@ -316,7 +319,7 @@ export class RedisSessionStore extends ExpressStore {
    * without a session cookie logging in): one round trip less, and no Redis needed for it.
    */
   override regenerate(req: Request, callback: (error?: unknown) => void): void {
-    if (req.session && !this.#snapshots.has(req.session)) {
+    if (req.session && !(req.session as Snapshotted)[SNAPSHOT]) {
       // express-session installs generate() on the store when it mounts it.
       ;(this as unknown as { generate(req: Request): void }).generate(req)
       callback()
@@ -330,7 +333,7 @@ export class RedisSessionStore extends ExpressStore {
   }
 
   async #touch(sid: string, session: AnySession): Promise<void> {
-    const snapshot = this.#snapshots.get(session)
+    const snapshot = (session as Snapshotted)[SNAPSHOT]
     if (this.#options.disableTouch || snapshot?.saved) return
     const ttlMs = this.#ttlMs(session)
     if (ttlMs <= 0) {
@@ -394,7 +397,7 @@ export class RedisSessionStore extends ExpressStore {
    */
   hasUnsavedChanges(session: SessionData, saveUninitialized = false): boolean {
     const data = session as AnySession
-    const snapshot = this.#snapshots.get(session)
+    const snapshot = (session as Snapshotted)[SNAPSHOT]
     if (!snapshot) {
       if (saveUninitialized) return true
       for (const name of Object.keys(data)) if (name !== 'cookie' && data[name] !== undefined) return true

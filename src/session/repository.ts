@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import { isCluster, type RedisClient } from '../connection/hub.js'
 import type { ModuleKeys } from '../keys.js'
 import type { Redkit } from '../kit.js'
-import { INDEX_LIST, INDEX_PUT, REMOVE, TOUCH, WRITE } from './scripts.js'
+import { INDEX_LIST, INDEX_PUT, READ, REMOVE, TOUCH, WRITE } from './scripts.js'
 
 /** Turns one top-level session value into text and back. */
 export interface SessionSerializer {
@@ -152,8 +152,9 @@ export class SessionRepository {
   /** Reads a session; null when absent. Throws the reply error for a key of another type. */
   async read(id: string): Promise<RawSession | null> {
     const key = this.sessionKey(id)
-    const hash = await this.#kit.hub.exec((redis) => redis.hgetall(key))
-    return toRaw(hash)
+    const packed = (await this.#kit.hub.exec((redis) => READ.run(redis, [key], []))) as string | null
+    if (typeof packed !== 'string') return null
+    return fromPairs(JSON.parse(packed) as string[])
   }
 
   /** Reads a session with its remaining TTL in ms. */
@@ -321,12 +322,19 @@ function masters(redis: RedisClient) {
 }
 
 function toRaw(hash: Record<string, string>): RawSession | null {
+  const pairs: string[] = []
+  for (const name in hash) pairs.push(name, hash[name] as string)
+  return fromPairs(pairs)
+}
+
+function fromPairs(pairs: string[]): RawSession | null {
   let version: string | undefined
   let userId: string | undefined
   let indexScore = 0
   const fields = new Map<string, string>()
-  for (const name in hash) {
-    const value = hash[name] as string
+  for (let i = 0; i + 1 < pairs.length; i += 2) {
+    const name = pairs[i] as string
+    const value = pairs[i + 1] as string
     if (name.charCodeAt(0) === 46 /* DATA_PREFIX */) fields.set(name.slice(1), value)
     else if (name === VERSION) version = value
     else if (name === USER) userId = value

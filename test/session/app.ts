@@ -32,7 +32,7 @@ export function sessionApp(kit: Redkit, options: Partial<SessionOptions> = {}) {
     req.session.regenerate((error) => {
       if (error) return next(error)
       req.session.userId = user
-      req.session.loginAt = Date.now()
+      req.session.loginAt = new Date().toISOString()
       res.json({ id: req.sessionID })
     })
   })
