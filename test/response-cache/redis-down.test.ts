@@ -66,7 +66,12 @@ describe('Redis down', () => {
   })
 
   it('keeps serving fresh entries held in memory while Redis is down', async () => {
-    await eventually(async () => (await kit.health()).status === 'ok', 15_000)
+    // The bus clears memory when its subscriber comes back after an outage: wait for that first.
+    await eventually(
+      async () => (await kit.health()).status === 'ok' && kit.hub.dedicated('subscriber').status === 'ready',
+      15_000,
+    )
+    await new Promise((r) => setTimeout(r, 200))
     let calls = 0
     const app = appWith(responseCache(kit), (a) =>
       a.get('/memory', (_req, res) => {
