@@ -791,7 +791,14 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
   Object.defineProperty(handler, 'store', { value: store })
   handler.purge = async (url: string) => {
     const parsed = parseUrl(url)
-    if (parsed.host === '' && !o.key) {
+    if (o.key) {
+      throw new ConfigError(
+        'purge',
+        'cannot rebuild keys made by a custom `key` option from a URL',
+        'tag the responses (tags option or Surrogate-Key) and call invalidateTags()',
+      )
+    }
+    if (parsed.host === '') {
       throw new ConfigError(
         'purge url',
         `is not absolute: ${JSON.stringify(url.slice(0, 100))}`,
