@@ -508,8 +508,15 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
       if (!captured) return
       if (captured.held && stale && lk) {
         if (captured.status === 304) {
-          const refreshed = await refreshFrom304(req, res, lk, stale, captured)
-          if (!mode.detached) serve(req, res, refreshed, 0, 'HIT')
+          let refreshed = stale
+          try {
+            refreshed = await refreshFrom304(req, res, lk, stale, captured)
+          } catch (error) {
+            // The client is still waiting for an answer: the validated copy is a correct one.
+            kit.events.emit('error', { error: error as Error, connection: 'response-cache' })
+          }
+          if (!mode.detached)
+            serve(req, res, refreshed, refreshed === stale ? currentAge(stale.meta) : 0, 'HIT')
         } else if (!mode.detached) {
           // RFC 5861 §4: the origin failed; the stale copy stands in for it.
           emitStale(lk)
