@@ -712,7 +712,8 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
           refreshDone()
           return
         }
-        await origin(req, res, next, lk, { label: 'MISS', store: true, detached: true })
+        // Revalidates conditionally when the stale copy has a validator (a 304 costs no body).
+        await origin(req, res, next, lk, { label: 'MISS', store: true, detached: true, stale: lk.entry })
         refreshDone()
         return
       }

@@ -102,6 +102,35 @@ describe('stale-while-revalidate', () => {
     expect(calls).toBe(2)
   })
 
+  it('the background refresh revalidates with a conditional request', async () => {
+    const p = path('swr-304')
+    let full = 0
+    let notModified = 0
+    const app = appWith(responseCache(kitA), (a) =>
+      a.get(p, (req, res) => {
+        res.set('Cache-Control', 'max-age=1, stale-while-revalidate=30')
+        res.set('ETag', '"same"')
+        if (req.get('if-none-match') === '"same"') {
+          notModified++
+          res.status(304).end()
+          return
+        }
+        full++
+        res.send('body')
+      }),
+    )
+    let stored = nextStore(kitA)
+    await request(app).get(p)
+    await stored
+    await sleep(1100)
+    stored = nextStore(kitA)
+    expect((await request(app).get(p)).headers['x-cache']).toBe('STALE')
+    await stored
+    expect([full, notModified]).toEqual([1, 1])
+    const fresh = await request(app).get(p)
+    expect([fresh.text, fresh.headers['x-cache']]).toEqual(['body', 'HIT'])
+  })
+
   it('takes the window from the option when the response has no directive', async () => {
     const p = path('swr-option')
     let calls = 0
