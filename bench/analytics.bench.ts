@@ -28,6 +28,19 @@ const recordCases: RecordCase[] = [
     counted: async (kit) => Number(await kit.redis.get(KEY)),
   },
   {
+    // What pageView() stores, written per event: counter, page ranking and visitor, pipelined.
+    name: 'INCR+ZINCRBY+PFADD per event',
+    record: (kit, i) =>
+      kit.hub.exec((redis) =>
+        Promise.all([
+          redis.incr(KEY),
+          redis.zincrby(`${KEY}:pages`, 1, `/page/${i % 50}`),
+          redis.pfadd(`${KEY}:visitors`, `v${i % 5000}`),
+        ]),
+      ),
+    counted: async (kit) => Number(await kit.redis.get(KEY)),
+  },
+  {
     name: 'analytics.count() batched',
     record: (kit) => void kit.analytics.count('bench'),
     counted: async (kit) => (await kit.analytics.stats()).totals.bench ?? 0,
@@ -63,7 +76,7 @@ async function measureRecording(url: string, c: RecordCase, pass: number): Promi
     configFile: false,
     env: {},
   })
-  await kit.redis.del(KEY)
+  await kit.redis.del(KEY, `${KEY}:pages`, `${KEY}:visitors`)
   const warm = await loop(c, kit, Math.min(WARMUP_S, 2))
   await kit.analytics.flush()
   const cpu0 = process.cpuUsage()

@@ -1,4 +1,4 @@
-import type { Request, RequestHandler } from 'express'
+import type { Request, RequestHandler, Response } from 'express'
 import type { Redkit } from '../src/index.js'
 import { ConfigError } from '../src/index.js'
 
@@ -22,6 +22,11 @@ export interface AnalyticsMiddlewareOptions {
    * @default '(unmatched)'
    */
   unmatched?: string
+}
+
+const STARTED = Symbol('redkit.analytics.started')
+interface Tracked {
+  [STARTED]?: number
 }
 
 const ANALYTICS_MIDDLEWARE_DEFAULTS = { visitors: true, unmatched: '(unmatched)' }
@@ -82,40 +87,41 @@ export function routePattern(req: Request): string | null {
 export function analytics(kit: Redkit, options: AnalyticsMiddlewareOptions = {}): RequestHandler {
   const { skip, visitors, unmatched } = resolveAnalyticsMiddlewareOptions(options)
   const recorder = kit.analytics
+  // One listener function for every response (no closure per request); 'close' follows 'finish'
+  // and also fires when the client goes away first, so each request is counted once.
+  function onResponseClose(this: Response & Tracked): void {
+    const started = this[STARTED]
+    const req = this.req as Request
+    if (started === undefined || !req) return
+    this[STARTED] = undefined
+    try {
+      const durationMs = performance.now() - started
+      const route = routePattern(req) ?? unmatched
+      const status = this.statusCode
+      recorder.request({
+        route,
+        method: req.method,
+        status,
+        durationMs,
+        // Only page views count visitors; hashed with the day's salt before anything is written
+        // (raw only in process memory until then).
+        fingerprint:
+          visitors && req.method === 'GET' && status < 400
+            ? `${req.ip ?? ''}\n${req.headers['user-agent'] ?? ''}`
+            : undefined,
+      })
+      if (kit.events.has('analytics:request')) {
+        kit.events.emit('analytics:request', { route, method: req.method, status, durationMs })
+      }
+    } catch (error) {
+      // Counting must never break a response; report it like any other kit error.
+      kit.events.emit('error', { error: error as Error, connection: 'analytics' })
+    }
+  }
   return function analyticsMiddleware(req, res, next) {
     if (skip?.(req)) return next()
-    const started = performance.now()
-    let done = false
-    const record = () => {
-      if (done) return
-      done = true
-      try {
-        const durationMs = performance.now() - started
-        const route = routePattern(req) ?? unmatched
-        const sample = {
-          route,
-          method: req.method,
-          status: res.statusCode,
-          durationMs,
-          // Hashed with the day's salt before anything is written; raw only in memory until then.
-          fingerprint: visitors ? `${req.ip ?? ''}\n${req.headers['user-agent'] ?? ''}` : undefined,
-        }
-        recorder.request(sample)
-        if (kit.events.has('analytics:request')) {
-          kit.events.emit('analytics:request', {
-            route,
-            method: req.method,
-            status: res.statusCode,
-            durationMs,
-          })
-        }
-      } catch (error) {
-        // Counting must never break a response; report it like any other kit error.
-        kit.events.emit('error', { error: error as Error, connection: 'analytics' })
-      }
-    }
-    res.once('finish', record)
-    res.once('close', record)
+    ;(res as Response & Tracked)[STARTED] = performance.now()
+    res.on('close', onResponseClose)
     next()
   }
 }
