@@ -478,6 +478,44 @@ describe('invalidation', () => {
     expect((await request(app).get(other)).headers['x-cache']).toBe('MISS')
   })
 
+  it('a PUT invalidates its Content-Location; other hosts and failed requests invalidate nothing', async () => {
+    const p = path('put')
+    const view = path('put-view')
+    const h = counted((_req, res, calls) => res.send(`v${calls}`))
+    const app = appWith(responseCache(kit), (a) => {
+      a.get([p, view], h.route)
+      a.put(p, (_req, res) =>
+        res.set('Content-Location', `http://elsewhere.example${view}`).status(200).send('ok'),
+      )
+      a.patch(p, (_req, res) => res.set('Content-Location', view).status(200).send('ok'))
+      a.delete(p, (_req, res) => res.status(404).send('no'))
+    })
+    const stored = nextStore(kit, 2)
+    await request(app).get(p)
+    await request(app).get(view)
+    await stored
+    await request(app).delete(p)
+    await sleep(100)
+    expect((await request(app).get(p)).headers['x-cache']).toBe('HIT')
+    await request(app).put(p)
+    await sleep(100)
+    expect((await request(app).get(view)).headers['x-cache']).toBe('HIT')
+    await request(app).patch(p)
+    await sleep(100)
+    expect((await request(app).get(view)).headers['x-cache']).toBe('MISS')
+  })
+
+  it('a HEAD miss passes through without storing anything', async () => {
+    const p = path('head-miss')
+    const h = counted((_req, res) => res.send('body'))
+    const app = appWith(responseCache(kit), (a) => a.get(p, h.route))
+    const head = await request(app).head(p)
+    expect(head.headers['x-cache']).toBe('MISS')
+    await sleep(50)
+    expect((await request(app).get(p)).headers['x-cache']).toBe('MISS')
+    expect(h.calls()).toBe(2)
+  })
+
   it('tags from the option and from Surrogate-Key / Cache-Tag headers, which never leave', async () => {
     const p1 = path('tag1')
     const p2 = path('tag2')
