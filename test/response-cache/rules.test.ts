@@ -455,6 +455,35 @@ describe('validators', () => {
   })
 })
 
+describe('response no-cache', () => {
+  it('stores a no-cache response with a validator and revalidates it before every use', async () => {
+    const p = path('res-nocache')
+    let full = 0
+    let conditional = 0
+    const app = appWith(responseCache(kit), (a) =>
+      a.get(p, (req, res) => {
+        res.set('Cache-Control', 'no-cache')
+        res.set('ETag', '"nc"')
+        if (req.get('if-none-match') === '"nc"') {
+          conditional++
+          res.status(304).end()
+          return
+        }
+        full++
+        res.send('validated body')
+      }),
+    )
+    const stored = nextStore()
+    await request(app).get(p)
+    await stored
+    for (let i = 0; i < 3; i++) {
+      const res = await request(app).get(p)
+      expect([res.status, res.text]).toEqual([200, 'validated body'])
+    }
+    expect([full, conditional]).toEqual([1, 3])
+  })
+})
+
 describe('invalidation', () => {
   it('a successful POST invalidates the target URI and its Location', async () => {
     const p = path('unsafe')
