@@ -99,7 +99,7 @@ export class LockUnavailableError extends RedkitError {
 
 /**
  * An outbound rate-limit queue could not grant tokens: the queue is full, the wait deadline
- * passed, or the cost exceeds what a window can ever grant.
+ * passed, the cost exceeds what a window can ever grant, or the kit was closed while it waited.
  */
 export class RateLimitQueueError extends RedkitError {
   static override readonly code: string = 'E_RATE_LIMIT_QUEUE'

@@ -43,7 +43,8 @@ export class OutboundQueue {
   readonly #key: string
   readonly #maxPoints: number
 
-  constructor(policy: RateLimitPolicy, settings: QueueSettings = {}) {
+  /** `isClosed` lets waiting calls fail once the kit is closed instead of retrying forever. */
+  constructor(policy: RateLimitPolicy, settings: QueueSettings = {}, isClosed: () => boolean = () => false) {
     this.#policy = policy
     this.#key = settings.key ?? 'queue'
     const maxQueueSize = settings.maxQueueSize ?? 10_000
@@ -60,6 +61,8 @@ export class OutboundQueue {
     const adapter = {
       points: this.#maxPoints,
       consume: async (key: string, tokens: number): Promise<RateLimiterRes> => {
+        if (isClosed())
+          throw new RateLimitQueueError('The redkit kit is closed; the queued call was dropped.', policy.name)
         const result = await policy.consume(key, tokens)
         const remaining = Math.min(...result.limits.map((l) => l.remaining), this.#maxPoints)
         if (result.allowed) return new RateLimiterRes(remaining, 0, tokens)

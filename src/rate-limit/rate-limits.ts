@@ -99,6 +99,6 @@ export class RateLimits {
    * await q.run(() => mailer.send(message))
    */
   queue(options: QueueOptions): OutboundQueue {
-    return new OutboundQueue(this.policy(options, 'rateLimits.queue'), options)
+    return new OutboundQueue(this.policy(options, 'rateLimits.queue'), options, () => this.#kit.hub.closed)
   }
 }

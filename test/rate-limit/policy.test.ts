@@ -232,4 +232,17 @@ describe('kit.rateLimits on a standalone server', () => {
     await expect(queue.take()).rejects.toMatchObject({ code: 'E_RATE_LIMIT_QUEUE' })
     await expect(waiting).rejects.toMatchObject({ code: 'E_RATE_LIMIT_QUEUE', policy: 'tiny' })
   })
+
+  it('fails waiting queued calls once the kit is closed', async () => {
+    const k = createRedkit({ redis: redis.url, prefix, configFile: false, env: {} })
+    const queue = k.rateLimits.queue({
+      name: 'closing',
+      limits: [{ points: 1, duration: '1s' }],
+      onRedisError: 'closed',
+    })
+    await queue.take()
+    const waiting = queue.take()
+    await k.close()
+    await expect(waiting).rejects.toBeInstanceOf(RateLimitQueueError)
+  })
 })
