@@ -737,6 +737,7 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
       } catch (error) {
         // Redis unavailable (or anything else going wrong in the store): fail open.
         emitBypass(isConnectionError(error) ? 'redis-unavailable' : 'store-error')
+        if (onlyIfCached(req.headers)) return gatewayTimeout(res)
         setLabel(res, 'BYPASS')
         return next()
       }
