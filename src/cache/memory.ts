@@ -1,10 +1,8 @@
 import { LRUCache } from 'lru-cache'
 import type { StoredEntry } from './entry.js'
 
-/** An L1 item: the stored entry plus its decoded value once someone decoded it. */
-export interface MemoryItem extends StoredEntry {
-  decoded?: { value: unknown }
-}
+/** An L1 item: a stored entry (with its decoded value once someone decoded it). */
+export type MemoryItem = StoredEntry
 
 /** Bytes counted per item on top of its value (header, tags, key, bookkeeping). */
 const OVERHEAD = 96

@@ -65,59 +65,68 @@ export function normalizeQuery(query: string): string {
  */
 export function queryKey(query: string, params: QueryParamsInput): string {
   // Hot path: the same statement with scalar parameters is looked up again and again.
-  const memoKey = scalarMemoKey(query, params)
-  if (memoKey !== undefined) {
-    const known = memo.get(memoKey)
-    if (known !== undefined) return known
-  }
+  const paramsKey = scalarParamsKey(params)
+  if (paramsKey === undefined || query.length > MEMO_MAX_QUERY) return deriveKey(query, params)
+  let byParams = memo.get(query)
+  const known = byParams?.get(paramsKey)
+  if (known !== undefined) return known
   const key = deriveKey(query, params)
-  if (memoKey !== undefined) {
-    if (memo.size >= MEMO_MAX) memo.delete(memo.keys().next().value as string)
-    memo.set(memoKey, key)
+  if (memoSize >= MEMO_MAX) {
+    memo.clear()
+    memoSize = 0
+    byParams = undefined
   }
+  if (!byParams) {
+    byParams = new Map()
+    memo.set(query, byParams)
+  }
+  byParams.set(paramsKey, key)
+  memoSize++
   return key
 }
 
 type QueryParamsInput = readonly unknown[] | Record<string, unknown> | undefined
 
 const MEMO_MAX = 10_000
-const MEMO_MAX_CHARS = 4096
-const memo = new Map<string, string>()
+const MEMO_MAX_QUERY = 8192
+const MEMO_MAX_PARAMS = 1024
+/** query text → typed scalar parameters → key. Cleared when full (cheap to rebuild). */
+const memo = new Map<string, Map<string, string>>()
+let memoSize = 0
 
 /**
- * A string that identifies (query, params) exactly when every parameter is a scalar (its type is
- * part of it, so `1` and `'1'` differ); `undefined` otherwise, or when too long to be worth keeping.
+ * A string that identifies the parameters exactly when every one is a scalar (its type is part of
+ * it, so `1` and `'1'` differ); `undefined` otherwise, or when too long to be worth keeping.
  */
-function scalarMemoKey(query: string, params: QueryParamsInput): string | undefined {
-  if (params !== undefined && !Array.isArray(params)) return undefined
-  let out = query
-  if (params) {
-    for (let i = 0; i < params.length; i++) {
-      const p: unknown = params[i]
-      switch (typeof p) {
-        case 'string':
-          out += `\u0000s${p.length}:${p}`
-          break
-        case 'number':
-          out += `\u0000n${Object.is(p, -0) ? '-0' : String(p)}`
-          break
-        case 'boolean':
-          out += p ? '\u0000t' : '\u0000f'
-          break
-        case 'bigint':
-          out += `\u0000b${p}`
-          break
-        case 'undefined':
-          out += '\u0000u'
-          break
-        default:
-          if (p === null) out += '\u0000z'
-          else return undefined
-      }
-      if (out.length > MEMO_MAX_CHARS) return undefined
+function scalarParamsKey(params: QueryParamsInput): string | undefined {
+  if (params === undefined) return ''
+  if (!Array.isArray(params)) return undefined
+  let out = ''
+  for (let i = 0; i < params.length; i++) {
+    const p: unknown = params[i]
+    switch (typeof p) {
+      case 'string':
+        out += `\u0000s${p.length}:${p}`
+        break
+      case 'number':
+        out += `\u0000n${Object.is(p, -0) ? '-0' : String(p)}`
+        break
+      case 'boolean':
+        out += p ? '\u0000t' : '\u0000f'
+        break
+      case 'bigint':
+        out += `\u0000b${p}`
+        break
+      case 'undefined':
+        out += '\u0000u'
+        break
+      default:
+        if (p === null) out += '\u0000z'
+        else return undefined
     }
+    if (out.length > MEMO_MAX_PARAMS) return undefined
   }
-  return out.length > MEMO_MAX_CHARS ? undefined : out
+  return out
 }
 
 function deriveKey(query: string, params: QueryParamsInput): string {

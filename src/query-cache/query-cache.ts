@@ -294,8 +294,10 @@ export class QueryCache {
   }
 }
 
+const NON_BLANK = /\S/
+
 function checkQuery(query: unknown): asserts query is string {
-  if (typeof query !== 'string' || query.trim() === '') {
+  if (typeof query !== 'string' || !NON_BLANK.test(query)) {
     throw new QueryInputError(
       `The query must be a non-empty string, got ${typeof query === 'string' ? "''" : typeof query}.`,
     )
