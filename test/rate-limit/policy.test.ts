@@ -9,7 +9,7 @@ const kits: Redkit[] = []
 const prefix = uniquePrefix('ratelimit')
 
 function kit(): Redkit {
-  const k = createRedkit({ redis: redis.url, prefix, configFile: false, env: {} })
+  const k = createRedkit({ redis: redis.url, prefix, commandTimeout: 5000, configFile: false, env: {} })
   kits.push(k)
   return k
 }

@@ -10,6 +10,7 @@ function kit(): Redkit {
   const k = createRedkit({
     redis: { sentinels: group.sentinelAddresses, name: group.name },
     prefix,
+    commandTimeout: 5000,
     configFile: false,
     env: {},
   })
