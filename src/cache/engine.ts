@@ -467,12 +467,20 @@ export class CacheEngine {
   async waitForEntry(key: string, ms: number): Promise<RawEntry | undefined> {
     const rkey = this.redisKey(key)
     const read = await this.#waitFor(rkey, ms)
-    return read?.entry
+    return typeof read === 'object' ? read.entry : undefined
   }
 
   // ---------------------------------------------------------------- internals
 
-  async #waitFor(rkey: string, ms: number): Promise<{ entry: StoredEntry; layer: 'l1' | 'l2' } | undefined> {
+  /**
+   * Waits up to `ms` for a fresh entry. With `leaseOf`, also stops early with `'released'` when
+   * that key's lease is gone without an entry (its holder failed): then the caller may compute.
+   */
+  async #waitFor(
+    rkey: string,
+    ms: number,
+    leaseOf?: string,
+  ): Promise<{ entry: StoredEntry; layer: 'l1' | 'l2' } | 'released' | undefined> {
     const deadline = Date.now() + ms
     for (;;) {
       const remaining = deadline - Date.now()
@@ -492,14 +500,18 @@ export class CacheEngine {
         const timer = setTimeout(done, Math.min(POLL_MS, remaining))
         waiters.add(done)
       })
-      let read: { entry: StoredEntry; layer: 'l1' | 'l2' } | undefined
       try {
-        read = await this.#read(rkey)
+        const read = await this.#read(rkey)
+        if (read && Date.now() < read.entry.freshUntil) return read
+        if (leaseOf !== undefined) {
+          const leaseKey = this.#leaseBase + escapePart(leaseOf)
+          const held = await boundedExec(this.#kit, (redis) => redis.exists(leaseKey))
+          if (held === 0) return 'released'
+        }
       } catch (error) {
         if (isConnectionError(error)) return undefined
         throw error
       }
-      if (read && Date.now() < read.entry.freshUntil) return read
     }
   }
 
@@ -645,15 +657,18 @@ export class CacheEngine {
     if (!down) {
       try {
         snapshot = policy.tags.length > 0 ? await this.#core.tags.current(policy.tags) : []
-        token = await this.acquireLease(rkey, this.options.leaseMs)
-        if (token === null) {
-          if (background) return undefined as T // another process refreshes it
-          const read = await this.#waitFor(rkey, this.options.waitMs)
-          if (read) {
+        token = await this.acquireLease(key, this.options.leaseMs)
+        if (token === null && background) return undefined as T // another process refreshes it
+        const deadline = Date.now() + this.options.waitMs
+        while (token === null && Date.now() < deadline) {
+          const read = await this.#waitFor(rkey, deadline - Date.now(), key)
+          if (read === undefined) break // not delivered in time: compute it ourselves
+          if (read !== 'released') {
             this.#hit(key, read.layer)
             return this.#decode<T>(read.entry)
           }
-          // The other process did not deliver in time: compute it ourselves.
+          // The holder gave up (its factory failed): take over, unless another waiter did.
+          token = await this.acquireLease(key, this.options.leaseMs)
         }
       } catch (error) {
         if (!isConnectionError(error)) throw error
@@ -680,7 +695,7 @@ export class CacheEngine {
       }
       return value
     } finally {
-      if (token) void this.releaseLease(rkey, token)
+      if (token) void this.releaseLease(key, token)
     }
   }
 
@@ -777,9 +792,11 @@ export class CacheEngine {
     options: GetOrSetOptions<T>,
     entry: StoredEntry,
   ): void {
-    if (this.#core.flights.has(rkey)) return
+    // Its own flight key: a foreground miss must never join a refresh that may resolve to nothing.
+    const flight = `${rkey}#refresh`
+    if (this.#core.flights.has(flight)) return
     this.#core.flights
-      .run(rkey, () => this.#compute(key, rkey, factory, this.#policy(options), entry, true, false))
+      .run(flight, () => this.#compute(key, rkey, factory, this.#policy(options), entry, true, false))
       .catch((error: unknown) => {
         this.#kit.events.emit('cache:error', { cache: this.name, key, error: error as Error })
       })

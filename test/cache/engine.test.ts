@@ -88,6 +88,20 @@ describe('cache engine: values', () => {
     expect(calls).toBe(1)
   })
 
+  it('a waiter takes over at once when the lease holder on another kit fails', async () => {
+    const failing = kitA.cache.getOrSet('takeover', async () => {
+      await sleep(200)
+      throw new Error('holder failed')
+    })
+    await sleep(50)
+    const started = Date.now()
+    const value = await kitB.cache.getOrSet('takeover', async () => 'from the waiter')
+    await expect(failing).rejects.toThrow('holder failed')
+    expect(value).toBe('from the waiter')
+    // Well before the 5 s wait bound: the released lease ended the wait.
+    expect(Date.now() - started).toBeLessThan(2500)
+  })
+
   it('serves stale within grace while exactly one background refresh runs', async () => {
     let calls = 0
     let release: () => void = () => undefined
