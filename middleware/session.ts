@@ -473,6 +473,7 @@ export interface SessionOptions extends Omit<RedisSessionStoreOptions, 'kit'> {
 
 const MIN_SECRET_LENGTH = 32
 const GUARDED_METHODS = ['regenerate', 'destroy', 'reload', 'save'] as const
+const ORIGINALS = Symbol('redkit.session.originals')
 
 function resolveSecrets(secret: unknown): string[] {
   const list = Array.isArray(secret) ? secret : [secret]
@@ -593,28 +594,40 @@ export function session(kit: Redkit, options: SessionOptions): RequestHandler {
 
   // A connection failure inside regenerate/destroy/reload/save (Redis went away mid-request)
   // answers 503 like a failed load, instead of reaching the app's callback as a 500 with a stack.
-  function guardMethods(req: Request, res: Response, next: NextFunction, target: object): void {
-    const methods = target as Record<string, (callback?: (error?: unknown) => void) => unknown>
-    for (const method of GUARDED_METHODS) {
-      const original = methods[method]
-      if (typeof original !== 'function') continue
-      Object.defineProperty(target, method, {
-        configurable: true,
-        enumerable: false,
-        writable: true,
-        value: function guarded(this: object, callback?: (error?: unknown) => void) {
-          return original.call(this, (error?: unknown) => {
-            if (error && isConnectionError(error) && !res.headersSent) {
-              ;(req as { session?: unknown }).session = undefined
-              fail(res, next, error)
-              return
-            }
-            if (req.session && req.session !== target) guardMethods(req, res, next, req.session)
-            callback?.(error)
-          })
-        },
-      })
+  // The guards are created once; per request only the session's own methods are stashed.
+  type Guarded = { req: Request; [ORIGINALS]?: Record<string, (callback?: Callback) => unknown> }
+  type Callback = (error?: unknown) => void
+  const guards: PropertyDescriptorMap = {}
+  for (const method of GUARDED_METHODS) {
+    guards[method] = {
+      configurable: true,
+      enumerable: false,
+      writable: true,
+      value: function guarded(this: Guarded, callback?: Callback) {
+        const req = this.req
+        const original = this[ORIGINALS]?.[method] as (callback?: Callback) => unknown
+        return original.call(this, (error?: unknown) => {
+          const res = req.res
+          if (res && error && isConnectionError(error) && !res.headersSent) {
+            ;(req as { session?: unknown }).session = undefined
+            fail(res, () => undefined, error)
+            return
+          }
+          if (req.session && req.session !== (this as unknown)) guardMethods(req.session)
+          callback?.(error)
+        })
+      },
     }
+  }
+  function guardMethods(target: object): void {
+    const session = target as Guarded & Record<string, (callback?: Callback) => unknown>
+    session[ORIGINALS] = {
+      regenerate: session.regenerate as (callback?: Callback) => unknown,
+      destroy: session.destroy as (callback?: Callback) => unknown,
+      reload: session.reload as (callback?: Callback) => unknown,
+      save: session.save as (callback?: Callback) => unknown,
+    }
+    Object.defineProperties(target, guards)
   }
 
   return function sessionMiddleware(req, res, next) {
@@ -639,7 +652,7 @@ export function session(kit: Redkit, options: SessionOptions): RequestHandler {
         return
       }
       if (req.session) {
-        guardMethods(req, res, next, req.session)
+        guardMethods(req.session)
         saveBeforeEnd(req, res, next)
       }
       next()

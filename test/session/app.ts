@@ -27,8 +27,10 @@ export function sessionApp(kit: Redkit, options: Partial<SessionOptions> = {}) {
   })
   const account = express.Router()
   account.use(session(kit, { secret: SECRET, cookie: { maxAge: 60_000 }, ...options }))
-  account.post('/login', (req, res, next) => {
+  account.post('/login', async (req, res, next) => {
     const user = String(req.query.user ?? 'alice')
+    const delay = Number(req.query.delay ?? 0)
+    if (delay) await sleep(delay)
     req.session.regenerate((error) => {
       if (error) return next(error)
       req.session.userId = user

@@ -64,17 +64,31 @@ describe('when Redis is killed', () => {
     await agent.get('/account/me').expect(200)
   })
 
-  it('a Redis that goes away between load and save answers the request, never hangs it', async () => {
+  it('a Redis that goes away between load and save answers 503 instead of a 200 for an unsaved change', async () => {
     const app = sessionApp(kit)
     const agent = request.agent(app)
     await agent.post('/account/login').expect(200)
-    const pending = agent.post('/account/set?delay=200&a=1')
+    const pending = agent.post('/account/set?delay=200&a=1').then((r) => r) // .then sends it now
     await new Promise((r) => setTimeout(r, 100))
     await redis.server.kill()
     const started = Date.now()
     const res = await pending
     expect(Date.now() - started).toBeLessThan(3_000)
     expect(res.status).toBe(503)
+    await redis.server.start()
+  })
+
+  it('a failure inside regenerate answers 503 problem+json instead of reaching the route as a 500', async () => {
+    const app = sessionApp(kit)
+    const agent = request.agent(app)
+    await eventually(async () => (await agent.post('/account/login')).status === 200, 15_000)
+    const pending = agent.post('/account/login?delay=200&user=bob').then((r) => r)
+    await new Promise((r) => setTimeout(r, 100))
+    await redis.server.kill()
+    const res = await pending
+    expect(res.status).toBe(503)
+    expect(res.headers['content-type']).toMatch(/application\/problem\+json/)
+    expect(res.headers['set-cookie']).toBeUndefined()
     await redis.server.start()
   })
 })
