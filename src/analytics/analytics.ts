@@ -108,6 +108,11 @@ export interface AnalyticsStats {
     rejected: number
     flushes: number
     failedFlushes: number
+    /**
+     * Flushes whose reply did not come within the command timeout although the connection stayed
+     * up: most likely applied, so not sent again (at most once, never counted twice).
+     */
+    uncertainFlushes: number
     lastFlushAt: number | null
   }
 }
@@ -185,6 +190,7 @@ export class Analytics {
   #rejected = 0
   #flushes = 0
   #failedFlushes = 0
+  #uncertain = 0
   #lastFlushAt: number | null = null
 
   constructor(kit: Redkit, options: AnalyticsOptions = {}) {
@@ -539,10 +545,22 @@ export class Analytics {
       }
     }
     let replies: Reply[]
+    let sentOnLiveConnection = false
     try {
-      replies = await this.#kit.hub.exec((redis) => runBatch(redis, commands))
+      replies = await this.#kit.hub.exec((redis) => {
+        sentOnLiveConnection = redis.status === 'ready'
+        return runBatch(redis, commands)
+      })
     } catch {
-      this.#restore(batch)
+      replies = commands.map((): Reply => [new Error('Connection is closed.'), null])
+    }
+    const failed = replies.some(([error]) => error && isConnectionError(error))
+    // A batch written to a connection that is still up when it fails (a reply slower than the
+    // command timeout, e.g. a blocked event loop) was most likely applied: sending it again would
+    // count twice. Only a batch that never left (offline queue, open circuit) or whose connection
+    // went down is put back; the hub drops timed-out commands from the offline queue, so it runs once.
+    if (failed && sentOnLiveConnection && this.#kit.redis.status === 'ready') {
+      this.#uncertain++
       return { commands: commands.length, ok: false }
     }
     if (replies.length > 0 && replies.every(([error]) => error && isConnectionError(error))) {
@@ -783,6 +801,7 @@ export class Analytics {
       rejected: this.#rejected,
       flushes: this.#flushes,
       failedFlushes: this.#failedFlushes,
+      uncertainFlushes: this.#uncertain,
       lastFlushAt: this.#lastFlushAt,
     }
   }

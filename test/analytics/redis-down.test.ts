@@ -7,7 +7,7 @@ let redis: StandaloneRedis
 let kit: Redkit
 
 beforeAll(async () => {
-  redis = await startRedis()
+  redis = await startRedis(['--enable-debug-command', 'yes'])
   kit = createRedkit({ redis: redis.url, prefix: uniquePrefix('analytics-down'), configFile: false, env: {} })
 })
 afterAll(async () => {
@@ -27,6 +27,28 @@ async function until(check: () => Promise<boolean>, timeoutMs: number): Promise<
   }
   return false
 }
+
+describe('Redis slow but connected', () => {
+  it('does not send a timed-out batch again, so nothing is counted twice', async () => {
+    const a = kit.analytics.configure({ flushInterval: '1h', maxBatch: 100_000 })
+    const raw = new Redis(redis.url)
+    try {
+      // Redis stalls longer than the command timeout (1 s) while the connection stays up.
+      const sleeping = raw.call('DEBUG', 'SLEEP', '1.5')
+      await new Promise((r) => setTimeout(r, 50))
+      a.count('slow.metric', 5)
+      const result = await a.flush()
+      expect(result.ok).toBe(false)
+      expect(a.writer.uncertainFlushes).toBe(1)
+      expect(a.writer.pending).toBe(0)
+      await sleeping
+      expect((await a.flush()).commands).toBe(0)
+      expect((await a.stats()).totals['slow.metric']).toBe(5)
+    } finally {
+      raw.disconnect()
+    }
+  })
+})
 
 describe('Redis killed and restarted', () => {
   it('keeps counts in memory while Redis is down and flushes them when it returns', async () => {
