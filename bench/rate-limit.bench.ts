@@ -92,6 +92,7 @@ export default async function rateLimitBench(): Promise<void> {
         http('express + ioredis GET'),
         http('rlflx consume()'),
         http('redkit rateLimit, 1 limit'),
+        http('redkit rateLimit, 1 limit, no headers'),
         http('redkit rateLimit, 2 limits'),
         http('express-rate-limit + rate-limit-redis'),
       ],

@@ -45,7 +45,7 @@ function statusCounter(counts: Record<string, number>): RequestHandler {
 
 function redkitCase(
   limits: Array<{ name: string; points: number; duration: string }>,
-  extra: { blockDuration?: string } = {},
+  extra: { blockDuration?: string; headers?: boolean } = {},
 ) {
   return async (context: Record<string, unknown>): Promise<BuiltCase> => {
     const { url, prefix } = context as unknown as Context
@@ -128,6 +128,10 @@ export const cases: Record<string, (context: Record<string, unknown>) => Promise
 
   'rlflx consume()': rlflxCase(HIGH),
   'redkit rateLimit, 1 limit': redkitCase([{ name: 'minute', points: HIGH, duration: '1m' }]),
+  // Same check without the two RateLimit header fields, to show what writing them costs.
+  'redkit rateLimit, 1 limit, no headers': redkitCase([{ name: 'minute', points: HIGH, duration: '1m' }], {
+    headers: false,
+  }),
   'redkit rateLimit, 2 limits': redkitCase([
     { name: 'second', points: HIGH, duration: '1s' },
     { name: 'day', points: HIGH, duration: '1d' },
