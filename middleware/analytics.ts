@@ -75,6 +75,17 @@ export function routePattern(req: Request): string | null {
 }
 
 /**
+ * `req.ip` (which honours the app's `trust proxy` setting) parses forwarding headers on every
+ * call; without any, it is the socket's address, read directly.
+ */
+function clientIp(req: Request): string {
+  if (req.headers['x-forwarded-for'] === undefined && req.headers.forwarded === undefined) {
+    return req.socket?.remoteAddress ?? ''
+  }
+  return req.ip ?? ''
+}
+
+/**
  * Counts every request into `kit.analytics`: by route pattern (never the raw URL; unmatched
  * requests share one bucket), method and status class, with latency and unique visitors. Works
  * after the response is sent and never waits for Redis or throws into the request; while Redis is
@@ -107,7 +118,7 @@ export function analytics(kit: Redkit, options: AnalyticsMiddlewareOptions = {})
         // (raw only in process memory until then).
         fingerprint:
           visitors && req.method === 'GET' && status < 400
-            ? `${req.ip ?? ''}\n${req.headers['user-agent'] ?? ''}`
+            ? `${clientIp(req)}\n${req.headers['user-agent'] ?? ''}`
             : undefined,
       })
       if (kit.events.has('analytics:request')) {
