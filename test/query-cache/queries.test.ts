@@ -218,6 +218,16 @@ describe('kit.queries.getOrExecute', () => {
     expect(await kitA.queries.getOrExecute('SELECT one WHERE id = $1', [2], execute)).toBe(2)
   })
 
+  it('uses the key option instead of the derived key', async () => {
+    let executions = 0
+    const execute = async () => ++executions
+    await kitA.queries.getOrExecute('SELECT a', [1], execute, { key: 'dashboard:totals' })
+    expect(await kitB.queries.getOrExecute('SELECT b', [2], execute, { key: 'dashboard:totals' })).toBe(1)
+    expect(await kitA.redis.exists(kitA.queries.engine.redisKey('dashboard:totals'))).toBe(1)
+    await kitA.queries.invalidate('SELECT a', [1], { key: 'dashboard:totals' })
+    expect(await kitA.queries.getOrExecute('SELECT a', [1], execute, { key: 'dashboard:totals' })).toBe(2)
+  })
+
   it('applies jitter by default', async () => {
     const ttls = new Set<number>()
     for (let i = 0; i < 8; i++) {
