@@ -110,6 +110,13 @@ interface Policy<T> {
   compressAbove: number | false
 }
 
+/** What a read found: the entry, where, and whether Redis failed while looking (stale memory copy). */
+interface Read {
+  entry: StoredEntry
+  layer: 'l1' | 'l2'
+  down?: true
+}
+
 const RELEASE = new LuaScript(
   `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0`,
 )
@@ -287,7 +294,8 @@ export class CacheEngine {
       const graceMs =
         options.grace === undefined ? this.options.graceMs : parseDuration(options.grace, 'grace')
       if (now < entry.freshUntil + graceMs) {
-        this.#refresh(key, rkey, factory, options, entry)
+        // With Redis unavailable a refresh could not be stored: keep serving the stale copy.
+        if (!read.down) this.#refresh(key, rkey, factory, options, entry)
         if (this.#kit.events.has('cache:stale'))
           this.#kit.events.emit('cache:stale', { cache: this.name, key })
         return this.#decode<T>(entry)
@@ -296,7 +304,15 @@ export class CacheEngine {
     if (this.#kit.events.has('cache:miss')) this.#kit.events.emit('cache:miss', { cache: this.name, key })
     const stale = read === null || read === 'down' ? undefined : read.entry
     return this.#core.flights.run(rkey, () =>
-      this.#compute(key, rkey, factory, this.#policy(options), stale, false, read === 'down'),
+      this.#compute(
+        key,
+        rkey,
+        factory,
+        this.#policy(options),
+        stale,
+        false,
+        read === 'down' || read?.down === true,
+      ),
     )
   }
 
@@ -476,11 +492,7 @@ export class CacheEngine {
    * Waits up to `ms` for a fresh entry. With `leaseOf`, also stops early with `'released'` when
    * that key's lease is gone without an entry (its holder failed): then the caller may compute.
    */
-  async #waitFor(
-    rkey: string,
-    ms: number,
-    leaseOf?: string,
-  ): Promise<{ entry: StoredEntry; layer: 'l1' | 'l2' } | 'released' | undefined> {
+  async #waitFor(rkey: string, ms: number, leaseOf?: string): Promise<Read | 'released' | undefined> {
     const deadline = Date.now() + ms
     for (;;) {
       const remaining = deadline - Date.now()
@@ -516,7 +528,7 @@ export class CacheEngine {
   }
 
   /** Memory, then Redis. A memory copy past its freshness is checked against Redis (another instance may have refreshed it). */
-  async #read(rkey: string): Promise<{ entry: StoredEntry; layer: 'l1' | 'l2' } | undefined> {
+  async #read(rkey: string): Promise<Read | undefined> {
     const memory = this.#memory
     let stale: MemoryItem | undefined
     if (memory) {
@@ -531,7 +543,11 @@ export class CacheEngine {
     try {
       entry = await this.#readRedis(rkey)
     } catch (error) {
-      if (stale && isConnectionError(error)) return { entry: stale, layer: 'l1' }
+      if (stale && isConnectionError(error)) {
+        this.#bypass('redis-unavailable')
+        // `down`: the caller must not spend another command timeout on Redis for this call.
+        return { entry: stale, layer: 'l1', down: true }
+      }
       throw error
     }
     if (entry === undefined) {
@@ -584,7 +600,7 @@ export class CacheEngine {
   }
 
   /** {@link #read} for value calls: Redis unavailable becomes `'down'` plus a bypass event. */
-  async #readSafe(rkey: string): Promise<{ entry: StoredEntry; layer: 'l1' | 'l2' } | null | 'down'> {
+  async #readSafe(rkey: string): Promise<Read | null | 'down'> {
     try {
       return (await this.#read(rkey)) ?? null
     } catch (error) {

@@ -9,6 +9,9 @@ beforeAll(async () => {
   redis = await startRedis()
   kit = createRedkit({ redis: redis.url, prefix: uniquePrefix('cache-down'), configFile: false, env: {} })
   await kit.cache.set('warm', 'in-memory', { ttl: '1m' })
+  await kit.cache.set('graced', 'stale-in-memory', { ttl: 50, grace: '1m' })
+  await kit.cache.set('expired', 'old', { ttl: 50, staleIfError: '1m' })
+  await new Promise((r) => setTimeout(r, 100))
 })
 
 afterAll(async () => {
@@ -46,6 +49,19 @@ describe('cache engine with Redis killed', () => {
       ConnectionError,
     )
     await expect(kit.cache.invalidateTags(['t'])).rejects.toBeInstanceOf(ConnectionError)
+  })
+
+  it('serves a stale memory copy within grace, or runs the factory, within one command timeout', async () => {
+    const started = Date.now()
+    let calls = 0
+    const factory = async () => {
+      calls++
+      return 'origin'
+    }
+    expect(await kit.cache.getOrSet('graced', factory, { grace: '1m' })).toBe('stale-in-memory')
+    expect(await kit.cache.getOrSet('expired', factory)).toBe('origin')
+    expect(calls).toBe(1)
+    expect(Date.now() - started).toBeLessThan(2500)
   })
 
   it('still serves what the memory tier holds', async () => {
