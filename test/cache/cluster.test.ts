@@ -65,6 +65,28 @@ describe('cache engine on Redis Cluster', () => {
     expect(calls).toBe(1)
   })
 
+  it('invalidates query results by table tag across instances', async () => {
+    let executions = 0
+    const execute = async () => ++executions
+    for (let id = 0; id < 30; id++) {
+      await kitA.queries.getOrExecute('SELECT * FROM orders WHERE id = $1', [id], execute, {
+        tags: ['orders'],
+      })
+    }
+    await kitB.queries.getOrExecute('SELECT * FROM orders WHERE id = $1', [3], execute, { tags: ['orders'] })
+    expect(executions).toBe(30)
+    await kitB.queries.invalidateTags(['orders'])
+    await eventually(async () => {
+      const before = executions
+      await kitA.queries.getOrExecute('SELECT * FROM orders WHERE id = $1', [3], execute, {
+        tags: ['orders'],
+      })
+      return executions > before
+    })
+    await kitB.queries.getOrExecute('SELECT * FROM orders WHERE id = $1', [4], execute, { tags: ['orders'] })
+    expect(executions).toBe(32)
+  })
+
   it('clear() scans every master', async () => {
     const ns = kitA.cache.namespace('wipe')
     for (let i = 0; i < 40; i++) await ns.set(`k${i}`, i)
