@@ -167,6 +167,51 @@ function settle<T>(promise: Promise<T>, callback: Callback<T> | undefined): void
 
 const ExpressStore = expressSession.Store
 
+/** Set on a request by session(): how to answer when Redis fails inside a session method. */
+const ON_UNAVAILABLE = Symbol('redkit.session.onUnavailable')
+type Guardable = Request & { [ON_UNAVAILABLE]?: (req: Request, error: unknown) => void }
+type Done = (error?: unknown) => void
+/** express-session's Session as it is at runtime (its typings mark the constructor private). */
+interface SessionInstance {
+  readonly req: Request
+  cookie: SessionData['cookie']
+  regenerate(callback: Done): unknown
+  destroy(callback?: Done): unknown
+  reload(callback: Done): unknown
+  save(callback?: Done): unknown
+}
+type SessionConstructor = new (req: Request, data?: object) => SessionInstance
+const CookieConstructor = expressSession.Cookie as unknown as new (options?: object) => SessionData['cookie']
+
+function guard(req: Guardable, callback: Done | undefined): Done | undefined {
+  const onUnavailable = req[ON_UNAVAILABLE]
+  if (!onUnavailable) return callback
+  return (error?: unknown) => {
+    if (error && isConnectionError(error) && req.res && !req.res.headersSent) onUnavailable(req, error)
+    else callback?.(error)
+  }
+}
+
+/**
+ * express-session's Session whose regenerate/destroy/reload/save, under session(), answer 503
+ * themselves when Redis fails mid-request (instead of handing the app a connection error that
+ * would become a 500). Prototype methods, so the session object itself carries nothing extra.
+ */
+class GuardedSession extends (expressSession.Session as unknown as SessionConstructor) {
+  override regenerate(callback: Done): unknown {
+    return super.regenerate(guard(this.req, callback) as Done)
+  }
+  override destroy(callback?: Done): unknown {
+    return super.destroy(guard(this.req, callback))
+  }
+  override reload(callback: Done): unknown {
+    return super.reload(guard(this.req, callback) as Done)
+  }
+  override save(callback?: Done): unknown {
+    return super.save(guard(this.req, callback))
+  }
+}
+
 /**
  * A complete express-session store on the kit's shared connection (standalone, Sentinel or
  * Cluster). Each session is a Redis hash with one field per top-level session field, so a save
@@ -256,10 +301,18 @@ export class RedisSessionStore extends ExpressStore {
   }
 
   override createSession(req: Request, session: SessionData) {
-    const created = super.createSession(req, session)
+    // As express-session's, but the session is a GuardedSession (see session()).
+    const cookie = session.cookie as unknown as { expires?: unknown; originalMaxAge?: number | null }
+    const expires = cookie.expires
+    const originalMaxAge = cookie.originalMaxAge
+    session.cookie = new CookieConstructor(cookie)
+    if (typeof expires === 'string') session.cookie.expires = new Date(expires)
+    ;(session.cookie as { originalMaxAge?: number | null }).originalMaxAge = originalMaxAge
+    const created = new GuardedSession(req, session)
+    req.session = created as unknown as typeof req.session
     const snapshot = (session as Snapshotted)[SNAPSHOT]
     if (snapshot) (created as Snapshotted)[SNAPSHOT] = snapshot
-    return created
+    return created as unknown as typeof req.session
   }
 
   override set(sid: string, session: SessionData, callback?: (error?: unknown) => void): void {
@@ -472,8 +525,6 @@ export interface SessionOptions extends Omit<RedisSessionStoreOptions, 'kit'> {
 }
 
 const MIN_SECRET_LENGTH = 32
-const GUARDED_METHODS = ['regenerate', 'destroy', 'reload', 'save'] as const
-const ORIGINALS = Symbol('redkit.session.originals')
 
 function resolveSecrets(secret: unknown): string[] {
   const list = Array.isArray(secret) ? secret : [secret]
@@ -592,42 +643,21 @@ export function session(kit: Redkit, options: SessionOptions): RequestHandler {
     } as Response['end']
   }
 
-  // A connection failure inside regenerate/destroy/reload/save (Redis went away mid-request)
-  // answers 503 like a failed load, instead of reaching the app's callback as a 500 with a stack.
-  // The guards are created once; per request only the session's own methods are stashed.
-  type Guarded = { req: Request; [ORIGINALS]?: Record<string, (callback?: Callback) => unknown> }
-  type Callback = (error?: unknown) => void
-  const guards: PropertyDescriptorMap = {}
-  for (const method of GUARDED_METHODS) {
-    guards[method] = {
-      configurable: true,
-      enumerable: false,
-      writable: true,
-      value: function guarded(this: Guarded, callback?: Callback) {
-        const req = this.req
-        const original = this[ORIGINALS]?.[method] as (callback?: Callback) => unknown
-        return original.call(this, (error?: unknown) => {
-          const res = req.res
-          if (res && error && isConnectionError(error) && !res.headersSent) {
-            ;(req as { session?: unknown }).session = undefined
-            fail(res, () => undefined, error)
-            return
-          }
-          if (req.session && req.session !== (this as unknown)) guardMethods(req.session)
-          callback?.(error)
-        })
-      },
-    }
+  // Answers 503 when Redis fails inside a session method (see GuardedSession). Without a session,
+  // express-session neither sets a cookie nor saves at the end.
+  function onUnavailable(req: Request, error: unknown): void {
+    ;(req as { session?: unknown }).session = undefined
+    if (req.res) fail(req.res, () => undefined, error)
   }
-  function guardMethods(target: object): void {
-    const session = target as Guarded & Record<string, (callback?: Callback) => unknown>
-    session[ORIGINALS] = {
-      regenerate: session.regenerate as (callback?: Callback) => unknown,
-      destroy: session.destroy as (callback?: Callback) => unknown,
-      reload: session.reload as (callback?: Callback) => unknown,
-      save: session.save as (callback?: Callback) => unknown,
-    }
-    Object.defineProperties(target, guards)
+
+  // New sessions are made by express-session's generate(): make them GuardedSessions too.
+  const generate = (store as unknown as { generate(req: Request): void }).generate
+  ;(store as unknown as { generate(req: Request): void }).generate = function generateGuarded(req) {
+    generate.call(store, req)
+    const plain = req.session
+    const guarded = new GuardedSession(req, undefined)
+    guarded.cookie = plain.cookie
+    req.session = guarded as unknown as typeof req.session
   }
 
   return function sessionMiddleware(req, res, next) {
@@ -635,6 +665,7 @@ export function session(kit: Redkit, options: SessionOptions): RequestHandler {
       next()
       return
     }
+    ;(req as Guardable)[ON_UNAVAILABLE] = onUnavailable
     let ready = false
     inner(req, res, (error?: unknown) => {
       if (ready) {
@@ -652,7 +683,6 @@ export function session(kit: Redkit, options: SessionOptions): RequestHandler {
         return
       }
       if (req.session) {
-        guardMethods(req.session)
         saveBeforeEnd(req, res, next)
       }
       next()
