@@ -24,11 +24,6 @@ export interface AnalyticsMiddlewareOptions {
   unmatched?: string
 }
 
-const STARTED = Symbol('redkit.analytics.started')
-interface Tracked {
-  [STARTED]?: number
-}
-
 const ANALYTICS_MIDDLEWARE_DEFAULTS = { visitors: true, unmatched: '(unmatched)' }
 
 function resolveAnalyticsMiddlewareOptions(options: AnalyticsMiddlewareOptions) {
@@ -98,17 +93,11 @@ function clientIp(req: Request): string {
 export function analytics(kit: Redkit, options: AnalyticsMiddlewareOptions = {}): RequestHandler {
   const { skip, visitors, unmatched } = resolveAnalyticsMiddlewareOptions(options)
   const recorder = kit.analytics
-  // One listener function for every response (no closure per request); 'close' follows 'finish'
-  // and also fires when the client goes away first, so each request is counted once.
-  function onResponseClose(this: Response & Tracked): void {
-    const started = this[STARTED]
-    const req = this.req as Request
-    if (started === undefined || !req) return
-    this[STARTED] = undefined
+  function record(req: Request, res: Response, started: number): void {
     try {
       const durationMs = performance.now() - started
       const route = routePattern(req) ?? unmatched
-      const status = this.statusCode
+      const status = res.statusCode
       recorder.request({
         route,
         method: req.method,
@@ -131,8 +120,11 @@ export function analytics(kit: Redkit, options: AnalyticsMiddlewareOptions = {})
   }
   return function analyticsMiddleware(req, res, next) {
     if (skip?.(req)) return next()
-    ;(res as Response & Tracked)[STARTED] = performance.now()
-    res.on('close', onResponseClose)
+    const started = performance.now()
+    // 'close' follows 'finish' and also fires when the client goes away first: counted once.
+    // State lives in this closure, not on `res`: a new property on the response object slows
+    // every later property access of Express and Node on it.
+    res.on('close', () => record(req, res, started))
     next()
   }
 }
