@@ -196,6 +196,7 @@ export async function createPrometheusExporter(
     },
   })
 
+  const children = new Map<string, { count: { inc(): void }; latency: { observe(value: number): void } }>()
   const off: Array<() => void> = []
   // Other modules' events are listened to by name: they declare their own payload types.
   const on = (event: string, listener: (payload: Record<string, unknown>) => void) =>
@@ -203,10 +204,21 @@ export async function createPrometheusExporter(
 
   off.push(
     kit.events.on('analytics:request', ({ route, method, status, durationMs }) => {
-      const r = routes.value(route)
-      const m = method.length <= 10 ? method : 'OTHER'
-      requests.inc({ route: r, method: m, status_class: `${Math.floor(status / 100)}xx` })
-      latency.observe({ route: r, method: m }, durationMs / 1000)
+      // Bound children per label set: prom-client would otherwise hash the labels on every call.
+      const id = `${route}\0${method}\0${status}`
+      let child = children.get(id)
+      if (!child) {
+        const r = routes.value(route)
+        const m = method.length <= 10 ? method : 'OTHER'
+        child = {
+          count: requests.labels({ route: r, method: m, status_class: `${Math.floor(status / 100)}xx` }),
+          latency: latency.labels({ route: r, method: m }),
+        }
+        // Route values past the bound all share one child; keep the map bounded the same way.
+        if (children.size < o.maxLabelValues * 20) children.set(id, child)
+      }
+      child.count.inc()
+      child.latency.observe(durationMs / 1000)
     }),
     kit.events.on('command', ({ durationMs, ok }) => commands.observe({ ok: String(ok) }, durationMs / 1000)),
   )
