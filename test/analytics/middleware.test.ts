@@ -1,4 +1,5 @@
 import express from 'express'
+import express4 from 'express4'
 import { Redis } from 'ioredis'
 import request from 'supertest'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -154,6 +155,20 @@ describe('analytics middleware', () => {
     await kit.analytics.flush()
     expect(kit.analytics.writer.pending).toBeGreaterThan(0)
     await down.stop()
+  })
+
+  it('counts by route pattern on Express 4 too', async () => {
+    const kit = newKit()
+    const a = express4()
+    a.use(analytics(kit))
+    a.get('/orders/:id', (_req, res) => res.send('order'))
+    for (let i = 0; i < 5; i++) await request(a).get(`/orders/${i}`).expect(200)
+    await request(a).get('/missing').expect(404)
+    await kit.analytics.flush()
+    expect(await kit.analytics.topRoutes()).toEqual([
+      { path: 'GET /orders/:id', count: 5 },
+      { path: 'GET (unmatched)', count: 1 },
+    ])
   })
 
   it('skips requests the app excludes and exposes routePattern', async () => {
