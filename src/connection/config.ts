@@ -176,7 +176,11 @@ export function resolveConfig(options: RedkitOptions = {}): ResolvedConfig {
 
   const autoPipelining = pick('autoPipelining') ?? REDKIT_DEFAULTS.autoPipelining
   if (typeof autoPipelining !== 'boolean') {
-    throw new ConfigError('autoPipelining', `must be true or false, got ${JSON.stringify(autoPipelining)}`, 'write true or false')
+    throw new ConfigError(
+      'autoPipelining',
+      `must be true or false, got ${JSON.stringify(autoPipelining)}`,
+      'write true or false',
+    )
   }
 
   const breakerOption = pick('breaker')
@@ -252,7 +256,15 @@ function readConfigFile(path: string | false | undefined): Layer {
       'write { "redis": "redis://host:6379", "prefix": "shop" }',
     )
   }
-  const allowed = new Set(['redis', 'prefix', 'commandTimeout', 'connectTimeout', 'maxRetryDelay', 'autoPipelining', 'breaker'])
+  const allowed = new Set([
+    'redis',
+    'prefix',
+    'commandTimeout',
+    'connectTimeout',
+    'maxRetryDelay',
+    'autoPipelining',
+    'breaker',
+  ])
   for (const key of Object.keys(parsed)) {
     if (!allowed.has(key)) {
       throw new ConfigError(

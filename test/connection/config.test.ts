@@ -210,9 +210,9 @@ describe('config resolution', () => {
     expect(resolveConfig({ breaker: false, env: {}, configFile: false }).breaker).toBeNull()
     expect(resolveConfig({ env: {}, configFile: false }).autoPipelining).toBe(true)
     expect(resolveConfig({ autoPipelining: false, env: {}, configFile: false }).autoPipelining).toBe(false)
-    expect(configError(() => resolveConfig({ autoPipelining: 'no' as never, env: {}, configFile: false })).field).toBe(
-      'autoPipelining',
-    )
+    expect(
+      configError(() => resolveConfig({ autoPipelining: 'no' as never, env: {}, configFile: false })).field,
+    ).toBe('autoPipelining')
     expect(
       configError(() => resolveConfig({ redis: { port: 70000 }, env: {}, configFile: false })).field,
     ).toBe('redis.port')

@@ -270,7 +270,14 @@ describe('kit when Redis is down', () => {
 
   it('settles every command within the command timeout when the server hangs under load', async () => {
     const own = await startRedis()
-    const kit = createRedkit({ redis: own.url, prefix, configFile: false, env: {}, commandTimeout: 400, breaker: false })
+    const kit = createRedkit({
+      redis: own.url,
+      prefix,
+      configFile: false,
+      env: {},
+      commandTimeout: 400,
+      breaker: false,
+    })
     const key = kit.keys.module('app').key('load')
     await kit.hub.exec((r) => r.set(key, '0'))
     const durations: number[] = []
