@@ -507,6 +507,7 @@ export class CacheEngine {
         const done = () => {
           clearTimeout(timer)
           waiters.delete(done)
+          if (waiters.size === 0 && this.#core.waiters.get(rkey) === waiters) this.#core.waiters.delete(rkey)
           resolve()
         }
         const timer = setTimeout(done, Math.min(POLL_MS, remaining))

@@ -3,6 +3,9 @@ import type { ModuleKeys } from '../keys.js'
 import type { Redkit } from '../kit.js'
 import { boundedExec } from './exec.js'
 
+/** Tag versions kept in memory before expired ones are swept. */
+const MAX_KNOWN = 50_000
+
 /**
  * Tag invalidation by versions: each tag has a counter in Redis; an entry records the versions
  * of its tags when its value was computed, and counts as absent once any of them moved on.
@@ -45,7 +48,7 @@ export class TagVersions {
         const i = missing[j] as number
         const version = Number(replies[j] ?? 0)
         versions[i] = version
-        this.#known.set(tags[i] as string, { version, until })
+        this.#remember(tags[i] as string, version, until)
       }
     }
     return versions
@@ -92,7 +95,17 @@ export class TagVersions {
   learn(tag: string, version: number): void {
     const known = this.#known.get(tag)
     if (known && known.version >= version) return
-    this.#known.set(tag, { version, until: Date.now() + this.#ttlMs })
+    this.#remember(tag, version, Date.now() + this.#ttlMs)
+  }
+
+  /** Per-entity tags (`user:42`) are unbounded in number: expired versions are swept when many pile up. */
+  #remember(tag: string, version: number, until: number): void {
+    if (this.#known.size >= MAX_KNOWN && !this.#known.has(tag)) {
+      const now = Date.now()
+      for (const [t, known] of this.#known) if (known.until <= now) this.#known.delete(t)
+      if (this.#known.size >= MAX_KNOWN) this.#known.clear()
+    }
+    this.#known.set(tag, { version, until })
   }
 
   /** Forgets every cached version (after the bus reconnects, messages may have been lost). */
