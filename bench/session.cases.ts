@@ -31,6 +31,8 @@ interface Context {
 }
 
 interface Counts {
+  /** Responses by status (a 503 means a session command missed the 1 s timeout). */
+  statuses: Record<string, number>
   handled: number
   withSession: number
   touches: number
@@ -68,6 +70,12 @@ async function prepare(store: Store, counts: Counts): Promise<void> {
 function appWith(middleware: RequestHandler | null, counts: Counts) {
   const app = express()
   app.set('etag', false)
+  app.use(function countStatus(_req, res, next) {
+    res.once('finish', () => {
+      counts.statuses[res.statusCode] = (counts.statuses[res.statusCode] ?? 0) + 1
+    })
+    next()
+  })
   if (middleware) app.use(middleware)
   app.get('/', (req, res) => {
     counts.handled++
@@ -78,7 +86,7 @@ function appWith(middleware: RequestHandler | null, counts: Counts) {
   return app
 }
 
-const newCounts = (): Counts => ({ handled: 0, withSession: 0, touches: 0, saves: 0 })
+const newCounts = (): Counts => ({ statuses: {}, handled: 0, withSession: 0, touches: 0, saves: 0 })
 const sessionOptions = { secret: SECRET, name: COOKIE_NAME, resave: false, saveUninitialized: false }
 
 export const cases: Record<string, (context: Record<string, unknown>) => Promise<BuiltCase>> = {
