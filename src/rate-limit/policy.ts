@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto'
 import { LRUCache } from 'lru-cache'
 import { RateLimiterMemory, type RateLimiterRes } from 'rate-limiter-flexible'
-import { isConnectionError, type RedisClient } from '../connection/hub.js'
+import { isConnectionError } from '../connection/hub.js'
 import type { ModuleKeys } from '../keys.js'
 import type { Redkit } from '../kit.js'
 import type { ResolvedLimit, ResolvedPolicy } from './options.js'
@@ -107,9 +107,11 @@ export class RateLimitPolicy {
       const args = cost === 1 ? this.#argsCost1 : [cost, this.blockMs, ...this.#limitArgs]
       let reply: number[] | undefined
       try {
-        reply = (await this.#kit.hub.exec((redis) => runConsume(redis, keys, args))) as number[]
+        reply = (await this.#kit.hub.exec((redis) =>
+          redis.evalsha(CONSUME.sha, keys.length, ...keys, ...args),
+        )) as number[]
       } catch (error) {
-        if (!isConnectionError(error)) throw error
+        reply = await this.#retryConsume(error, keys, args)
       }
       if (reply) {
         result = this.#parse(reply, cost)
@@ -125,6 +127,22 @@ export class RateLimitPolicy {
       events.emit('ratelimit:blocked', { policy: this.name, retryAfterMs: result.retryAfterMs })
     }
     return result
+  }
+
+  /**
+   * EVALSHA runs without an async wrapper on the hot path (one promise less per request); the
+   * first call on a server that does not know the script yet gets NOSCRIPT and is sent again with
+   * EVAL. A connection failure gives `undefined` (the caller falls back); anything else is thrown.
+   */
+  async #retryConsume(error: unknown, keys: string[], args: number[]): Promise<number[] | undefined> {
+    if (isConnectionError(error)) return undefined
+    if (!(error instanceof Error) || !error.message.startsWith('NOSCRIPT')) throw error
+    try {
+      return (await this.#kit.hub.exec((redis) => CONSUME.run(redis, keys, args))) as number[]
+    } catch (retryError) {
+      if (isConnectionError(retryError)) return undefined
+      throw retryError
+    }
   }
 
   /**
@@ -326,20 +344,6 @@ export class RateLimitPolicy {
     }
     return { allowed, retryAfterMs: 0, limits, violated: [], blocked: false, source: 'memory' }
   }
-}
-
-/**
- * {@link CONSUME} on the hot path: EVALSHA without an async wrapper (one promise less per
- * request), falling back to `LuaScript.run` (EVAL) when the server does not know the script yet.
- */
-function runConsume(redis: RedisClient, keys: string[], args: number[]): Promise<unknown> {
-  return redis
-    .evalsha(CONSUME.sha, keys.length, ...keys, ...args)
-    .catch((error: unknown) =>
-      error instanceof Error && error.message.startsWith('NOSCRIPT')
-        ? CONSUME.run(redis, keys, args)
-        : Promise.reject(error),
-    )
 }
 
 /** A key as stored: strings longer than {@link MAX_KEY_LENGTH} are replaced by their SHA-256. */
