@@ -116,4 +116,43 @@ describe('Redis killed during a run', () => {
     expect(res.status).toBe(200)
     expect(res.headers.ratelimit).toMatch(/r=2/)
   })
+
+  it('answers programmatic checks by mode while Redis is away, within the command timeout', async () => {
+    const { kit } = setup('memory')
+    const limits = [{ points: 2, duration: '1m' }]
+    await kit.rateLimits.consume('p', { name: 'prog-memory', limits })
+    await redis.server.kill()
+    try {
+      const started = Date.now()
+      const memory = await kit.rateLimits.consume('p', { name: 'prog-memory', limits, blockDuration: '1m' })
+      expect(Date.now() - started).toBeLessThan(COMMAND_TIMEOUT + 2000)
+      expect(memory).toMatchObject({ allowed: true, source: 'memory' })
+      await kit.rateLimits.consume('p', { name: 'prog-memory', limits, blockDuration: '1m' })
+      const over = await kit.rateLimits.consume('p', { name: 'prog-memory', limits, blockDuration: '1m' })
+      expect(over).toMatchObject({ allowed: false, source: 'memory' })
+      expect(over.retryAfterMs).toBeGreaterThanOrEqual(59_000)
+      // The block is kept in memory too.
+      expect(
+        (await kit.rateLimits.consume('p', { name: 'prog-memory', limits, blockDuration: '1m' })).source,
+      ).toBe('block-cache')
+      expect((await kit.rateLimits.get('p', { name: 'prog-memory', limits })).source).toBe('memory')
+      expect(
+        await kit.rateLimits.consume('p', { name: 'prog-open', limits, onRedisError: 'open' }),
+      ).toMatchObject({
+        allowed: true,
+        source: 'fail-open',
+        limits: [],
+      })
+      expect(
+        await kit.rateLimits.consume('p', { name: 'prog-closed', limits, onRedisError: 'closed' }),
+      ).toMatchObject({ allowed: false, source: 'fail-closed', retryAfterMs: 1000 })
+      await expect(
+        kit.rateLimits.get('p', { name: 'prog-open', limits, onRedisError: 'open' }),
+      ).rejects.toMatchObject({
+        code: 'E_CONNECTION',
+      })
+    } finally {
+      await redis.server.start()
+    }
+  })
 })
