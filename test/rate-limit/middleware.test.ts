@@ -1,4 +1,5 @@
 import express, { type RequestHandler } from 'express'
+import express4 from 'express4'
 import request from 'supertest'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { rateLimit } from '../../middleware/index.js'
@@ -233,5 +234,16 @@ describe('rateLimit middleware', () => {
     const res = await request(a).get('/')
     expect(res.status).toBe(500)
     expect(res.text).toBe('key lookup failed')
+  })
+
+  it('works on Express 4 too', async () => {
+    const a = express4()
+    a.use(rateLimit(kit, { name: `p${++n}`, limits: [{ name: 'default', points: 1, duration: '10s' }] }))
+    a.get('/', (_req, res) => void res.send('ok'))
+    const ok = await request(a).get('/').expect(200)
+    expect(ok.headers['ratelimit-policy']).toBe('"default";q=1;w=10')
+    const rejected = await request(a).get('/').expect(429)
+    expect(rejected.headers['content-type']).toMatch(/problem\+json/)
+    expect(Number(rejected.headers['retry-after'])).toBeGreaterThanOrEqual(1)
   })
 })
