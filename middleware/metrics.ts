@@ -30,15 +30,16 @@ export async function metrics(kit: Redkit, options: MetricsOptions = {}): Promis
     )
   }
   const exporter = await createPrometheusExporter(kit, prometheus)
-  return async function metricsMiddleware(req, res, next) {
+  // Not async: every other request passes through without allocating a promise.
+  return function metricsMiddleware(req, res, next) {
     if (req.path !== path || (req.method !== 'GET' && req.method !== 'HEAD')) return next()
-    try {
-      const body = await exporter.metrics()
-      res.setHeader('Content-Type', exporter.contentType)
-      res.setHeader('Cache-Control', 'no-store')
-      res.end(req.method === 'HEAD' ? undefined : body)
-    } catch (error) {
-      next(error)
-    }
+    exporter.metrics().then(
+      (body) => {
+        res.setHeader('Content-Type', exporter.contentType)
+        res.setHeader('Cache-Control', 'no-store')
+        res.end(req.method === 'HEAD' ? undefined : body)
+      },
+      (error: unknown) => next(error),
+    )
   }
 }
