@@ -1,6 +1,5 @@
 import { randomUUID } from 'node:crypto'
 import type { Redkit } from '../kit.js'
-import { boundedExec } from './exec.js'
 
 /** What one instance tells the others. `i` is the sender, so it can skip its own messages. */
 export type BusMessage =
@@ -60,12 +59,14 @@ export class CacheBus {
 
   /** Publishes to every instance (fire and forget: a lost message only delays L1 freshness). */
   publish(message: BusMessage): Promise<void> {
-    return boundedExec(this.#kit, (redis) => redis.publish(this.channel, JSON.stringify(message))).then(
-      () => undefined,
-      (error: unknown) => {
-        this.#kit.events.emit('error', { error: error as Error, connection: 'cache-bus' })
-      },
-    )
+    return this.#kit.hub
+      .exec((redis) => redis.publish(this.channel, JSON.stringify(message)))
+      .then(
+        () => undefined,
+        (error: unknown) => {
+          this.#kit.events.emit('error', { error: error as Error, connection: 'cache-bus' })
+        },
+      )
   }
 
   async stop(): Promise<void> {

@@ -2,13 +2,12 @@ import { randomUUID } from 'node:crypto'
 import { decode, encode } from '../codec/index.js'
 import { isConnectionError } from '../connection/hub.js'
 import { CodecError } from '../errors.js'
-import type { ModuleKeys } from '../keys.js'
+import { keyPart, type ModuleKeys } from '../keys.js'
 import type { Redkit } from '../kit.js'
 import { type Duration, parseDuration } from '../util/duration.js'
 import { LuaScript } from '../util/script.js'
 import { type BusMessage, CacheBus } from './bus.js'
 import { packEntry, type RawEntry, type StoredEntry, unpackEntry } from './entry.js'
-import { boundedExec } from './exec.js'
 import { type MemoryItem, MemoryTier } from './memory.js'
 import {
   type CacheEngineOptions,
@@ -225,7 +224,7 @@ export class CacheEngine {
 
   /** The Redis key holding `key`'s entry. */
   redisKey(key: string): string {
-    return this.#entryBase + escapePart(key)
+    return this.#entryBase + keyPart(key)
   }
 
   // ---------------------------------------------------------------- value API
@@ -334,7 +333,7 @@ export class CacheEngine {
     }
     if (this.#core.memory && this.#core.memory !== this.#memory)
       for (const rkey of rkeys) this.#core.memory.delete(rkey)
-    await boundedExec(this.#kit, (redis) => Promise.all(rkeys.map((rkey) => redis.unlink(rkey))))
+    await this.#kit.hub.exec((redis) => Promise.all(rkeys.map((rkey) => redis.unlink(rkey))))
     for (const rkey of rkeys) this.#core.reads.delete(rkey)
     await this.#core.bus.publish({ i: this.#core.bus.id, t: 'keys', k: rkeys })
     if (this.#kit.events.has('cache:invalidate')) {
@@ -372,27 +371,10 @@ export class CacheEngine {
     this.#core.memory?.deletePrefix(this.#base)
     const pattern = `${this.#base.replace(/[*?[\]\\]/g, '\\$&')}*`
     let removed = 0
-    // Not bounded as a whole: a big namespace takes many SCAN round trips.
-    await this.#kit.hub.exec(async (client) => {
-      const nodes: ScanNode[] = isClusterClient(client)
-        ? client.nodes('master')
-        : [client as unknown as ScanNode]
-      await Promise.all(
-        nodes.map(async (node) => {
-          let cursor = '0'
-          do {
-            const [next, keys] = await node.scan(cursor, 'MATCH', pattern, 'COUNT', '500')
-            cursor = next
-            if (keys.length > 0) {
-              // One UNLINK per key: keys of one node may still sit in different Cluster slots.
-              const pipeline = node.pipeline()
-              for (const key of keys) pipeline.unlink(key)
-              await pipeline.exec()
-              removed += keys.length
-            }
-          } while (cursor !== '0')
-        }),
-      )
+    await this.#kit.hub.scan(pattern, async (keys) => {
+      // One UNLINK per key: keys of one node may still sit in different Cluster slots.
+      await this.#kit.hub.exec((redis) => Promise.all(keys.map((key) => redis.unlink(key))))
+      removed += keys.length
     })
     this.#core.reads.clear()
     await this.#core.bus.publish({ i: this.#core.bus.id, t: 'clear', p: this.#base })
@@ -462,8 +444,8 @@ export class CacheEngine {
    */
   async acquireLease(key: string, ms: number): Promise<string | null> {
     const token = randomUUID()
-    const leaseKey = this.#leaseBase + escapePart(key)
-    const reply = await boundedExec(this.#kit, (redis) =>
+    const leaseKey = this.#leaseBase + keyPart(key)
+    const reply = await this.#kit.hub.exec((redis) =>
       redis.set(leaseKey, token, 'PX', Math.max(1, Math.round(ms)), 'NX'),
     )
     return reply === 'OK' ? token : null
@@ -471,8 +453,8 @@ export class CacheEngine {
 
   /** Releases a lease if `token` still holds it. Never rejects. */
   async releaseLease(key: string, token: string): Promise<void> {
-    const leaseKey = this.#leaseBase + escapePart(key)
-    await boundedExec(this.#kit, (redis) => RELEASE.run(redis, [leaseKey], [token])).catch(() => undefined)
+    const leaseKey = this.#leaseBase + keyPart(key)
+    await this.#kit.hub.exec((redis) => RELEASE.run(redis, [leaseKey], [token])).catch(() => undefined)
   }
 
   /**
@@ -517,8 +499,8 @@ export class CacheEngine {
         const read = await this.#read(rkey)
         if (read && Date.now() < read.entry.freshUntil) return read
         if (leaseOf !== undefined) {
-          const leaseKey = this.#leaseBase + escapePart(leaseOf)
-          const held = await boundedExec(this.#kit, (redis) => redis.exists(leaseKey))
+          const leaseKey = this.#leaseBase + keyPart(leaseOf)
+          const held = await this.#kit.hub.exec((redis) => redis.exists(leaseKey))
           if (held === 0) return 'released'
         }
       } catch (error) {
@@ -580,7 +562,7 @@ export class CacheEngine {
 
   async #fetch(rkey: string): Promise<StoredEntry | undefined> {
     const memory = this.#memory
-    const bytes = await boundedExec(this.#kit, (redis) => redis.getBuffer(rkey))
+    const bytes = await this.#kit.hub.exec((redis) => redis.getBuffer(rkey))
     if (bytes === null) return undefined
     const entry = unpackEntry(bytes)
     if (!entry || Date.now() >= entry.staleUntil) return undefined
@@ -786,7 +768,7 @@ export class CacheEngine {
   ): Promise<void> {
     const packed = packEntry(entry)
     const px = Math.max(1, Math.ceil(entry.staleUntil - Date.now()))
-    await boundedExec(this.#kit, (redis) => redis.set(rkey, packed, 'PX', px))
+    await this.#kit.hub.exec((redis) => redis.set(rkey, packed, 'PX', px))
     this.#core.reads.delete(rkey)
     if (this.#memory && this.#core.tags.knownCurrent(entry.tags, entry.tagVersions)) {
       const item: MemoryItem = unpackEntry(packed) as MemoryItem
@@ -845,26 +827,4 @@ function earlyRefresh(entry: StoredEntry, now: number, xfetch: boolean | number)
 
 function sameTags(a: readonly string[], b: readonly string[]): boolean {
   return a.length === b.length && a.every((tag, i) => tag === b[i])
-}
-
-/** Escapes a user key like `keyPart()` does (no separator or hash-tag injection). */
-function escapePart(key: string): string {
-  return /[%:{}]/.test(key)
-    ? key.replace(/[%:{}]/g, (c) => ({ '%': '%25', ':': '%3A', '{': '%7B', '}': '%7D' })[c] ?? c)
-    : key
-}
-
-interface ScanNode {
-  scan(
-    cursor: string,
-    match: 'MATCH',
-    pattern: string,
-    count: 'COUNT',
-    n: string,
-  ): Promise<[string, string[]]>
-  pipeline(): { unlink(key: string): unknown; exec(): Promise<unknown> }
-}
-
-function isClusterClient(client: unknown): client is { nodes(role: 'master'): ScanNode[] } {
-  return (client as { isCluster?: boolean }).isCluster === true
 }

@@ -1,7 +1,6 @@
 import type { RedisClient } from '../connection/hub.js'
 import type { ModuleKeys } from '../keys.js'
 import type { Redkit } from '../kit.js'
-import { boundedExec } from './exec.js'
 
 /** Tag versions kept in memory before expired ones are swept. */
 const MAX_KNOWN = 50_000
@@ -40,7 +39,7 @@ export class TagVersions {
       else missing.push(i)
     }
     if (missing.length > 0) {
-      const replies = await boundedExec(this.#kit, (redis: RedisClient) =>
+      const replies = await this.#kit.hub.exec((redis: RedisClient) =>
         Promise.all(missing.map((i) => redis.get(this.key(tags[i] as string)))),
       )
       const until = Date.now() + this.#ttlMs
@@ -80,7 +79,7 @@ export class TagVersions {
 
   /** Bumps every tag (one INCR each, pipelined) and returns the new versions. */
   async bump(tags: readonly string[]): Promise<Record<string, number>> {
-    const replies = await boundedExec(this.#kit, (redis: RedisClient) =>
+    const replies = await this.#kit.hub.exec((redis: RedisClient) =>
       Promise.all(tags.map((tag) => redis.incr(this.key(tag)))),
     )
     const out: Record<string, number> = {}

@@ -65,6 +65,7 @@ export class ConnectionHub {
   readonly #breaker: CircuitBreaker | null
   readonly #dedicated = new Map<string, RedisClient>()
   readonly #handlers = new Map<string, Set<MessageHandler>>()
+  readonly #subscribing = new Map<string, Promise<void>>()
   readonly #closeHooks: Array<() => unknown> = []
   #closing: Promise<void> | null = null
   #listening = false
@@ -194,31 +195,70 @@ export class ConnectionHub {
    */
   async subscribe(channel: string, handler: MessageHandler): Promise<() => Promise<void>> {
     const subscriber = this.dedicated('subscriber')
+    if (!this.#listening) {
+      this.#listening = true
+      subscriber.on('message', (ch: string, message: string) => {
+        for (const h of this.#handlers.get(ch) ?? []) {
+          try {
+            h(message, ch)
+          } catch (error) {
+            this.#events.emit('error', { error: error as Error, connection: 'subscriber' })
+          }
+        }
+      })
+    }
+    let subscribed = this.#subscribing.get(channel)
+    if (!subscribed) {
+      subscribed = withTimeout(subscriber.subscribe(channel), this.commandTimeoutMs).then(
+        () => undefined,
+        (error: unknown) => {
+          // Forget the channel so that the next call tries SUBSCRIBE again.
+          this.#subscribing.delete(channel)
+          this.#handlers.delete(channel)
+          throw new ConnectionError(`Could not subscribe to ${channel}: ${(error as Error).message}.`, {
+            cause: error,
+          })
+        },
+      )
+      this.#subscribing.set(channel, subscribed)
+      this.#handlers.set(channel, new Set())
+    }
+    await subscribed
     let handlers = this.#handlers.get(channel)
     if (!handlers) {
       handlers = new Set()
       this.#handlers.set(channel, handlers)
-      if (!this.#listening) {
-        this.#listening = true
-        subscriber.on('message', (ch: string, message: string) => {
-          for (const h of this.#handlers.get(ch) ?? []) {
-            try {
-              h(message, ch)
-            } catch (error) {
-              this.#events.emit('error', { error: error as Error, connection: 'subscriber' })
-            }
-          }
-        })
-      }
-      await subscriber.subscribe(channel)
     }
     handlers.add(handler)
     return async () => {
       const set = this.#handlers.get(channel)
       if (!set?.delete(handler) || set.size > 0) return
       this.#handlers.delete(channel)
+      this.#subscribing.delete(channel)
       if (subscriber.status === 'ready') await subscriber.unsubscribe(channel).catch(() => undefined)
     }
+  }
+
+  /**
+   * Visits every key matching `pattern` with SCAN (never KEYS) on every master of a Cluster, or on
+   * the one server. Each SCAN step is one bounded command, so a large key space takes as many
+   * round trips as it needs without tripping the command timeout; `visit` gets each step's keys.
+   *
+   * @example
+   * await hub.scan(kit.keys.module('cache').pattern(), (keys) => hub.exec((r) => r.unlink(...keys)))
+   */
+  async scan(pattern: string, visit: (keys: string[]) => unknown, count = 500): Promise<void> {
+    const nodes: Redis[] = isCluster(this.client) ? this.client.nodes('master') : [this.client]
+    await Promise.all(
+      nodes.map(async (node) => {
+        let cursor = '0'
+        do {
+          const [next, keys] = await this.exec(() => node.scan(cursor, 'MATCH', pattern, 'COUNT', count))
+          cursor = next
+          if (keys.length > 0) await visit(keys)
+        } while (cursor !== '0')
+      }),
+    )
   }
 
   /** Registers work to run at the start of `close()`, while connections are still open (flushes). */
@@ -253,6 +293,7 @@ export class ConnectionHub {
     await Promise.all(clients.map((client) => this.#end(client)))
     this.#dedicated.clear()
     this.#handlers.clear()
+    this.#subscribing.clear()
   }
 
   async #end(client: RedisClient): Promise<void> {

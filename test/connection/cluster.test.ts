@@ -45,6 +45,16 @@ describe('kit on a 3-master Cluster', () => {
     )
   })
 
+  it('scans every master for keys', async () => {
+    const keys = kit.keys.module('scan')
+    await Promise.all(Array.from({ length: 300 }, (_, i) => kit.hub.exec((r) => r.set(keys.key(i), '1'))))
+    const seen = new Set<string>()
+    await kit.hub.scan(keys.pattern(), (batch) => {
+      for (const k of batch) seen.add(k)
+    })
+    expect(seen.size).toBe(300)
+  })
+
   it('reports cluster health', async () => {
     expect(await kit.health()).toMatchObject({ status: 'ok', kind: 'cluster', role: 'cluster', masters: 3 })
   })

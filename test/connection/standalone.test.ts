@@ -104,6 +104,25 @@ describe('kit on a standalone server', () => {
     await kit.close()
   })
 
+  it('reports a failed SUBSCRIBE as ConnectionError and tries again on the next call', async () => {
+    const own = await startRedis()
+    const kit = createRedkit({ redis: own.url, prefix, configFile: false, env: {}, commandTimeout: 300 })
+    await kit.redis.ping()
+    await own.server.kill()
+    const channel = kit.keys.module('bus').key('retry')
+    await expect(kit.hub.subscribe(channel, () => undefined)).rejects.toBeInstanceOf(ConnectionError)
+    await own.server.start()
+    const got: string[] = []
+    await until(() => kit.hub.subscribe(channel, (m) => got.push(m)), 10_000)
+    await until(async () => {
+      await kit.redis.publish(channel, 'back')
+      if (got.length === 0) throw new Error('not yet')
+    }, 5000)
+    expect(got[0]).toBe('back')
+    await kit.close()
+    await own.stop()
+  })
+
   it('delivers each message once to a channel subscribed again after every handler left', async () => {
     const kit = kitFor()
     const other = kit.keys.module('bus').key('other')
@@ -150,6 +169,27 @@ describe('kit on a standalone server', () => {
 })
 
 describe('building blocks', () => {
+  it('visits every matching key with SCAN in bounded steps', async () => {
+    const kit = kitFor({ commandTimeout: 300 })
+    const keys = kit.keys.module('scan')
+    await kit.hub.exec((r) => Promise.all(Array.from({ length: 1200 }, (_, i) => r.set(keys.key(i), '1'))))
+    await kit.redis.set(`${prefix}:other:1`, '1')
+    const seen = new Set<string>()
+    let steps = 0
+    await kit.hub.scan(
+      keys.pattern(),
+      (batch) => {
+        steps++
+        for (const k of batch) seen.add(k)
+      },
+      50,
+    )
+    expect(seen.size).toBe(1200)
+    expect([...seen].every((k) => k.startsWith(keys.base))).toBe(true)
+    expect(steps).toBeGreaterThan(10)
+    await kit.close()
+  })
+
   it('runs Lua scripts by SHA and falls back to EVAL after a SCRIPT FLUSH', async () => {
     const kit = kitFor()
     const key = kit.keys.module('app').key('lua')
