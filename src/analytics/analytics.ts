@@ -324,25 +324,55 @@ export class Analytics {
     if (!this.#admit()) return
     const now = Date.now()
     const today = this.#day(now)
-    const minute = now - (now % 60_000)
     const method = METHOD_METRICS.has(sample.method) ? sample.method : 'OTHER'
     const status = sample.status
-    const statusMetric = STATUS_METRICS[Math.floor(status / 100)] ?? 'status.5xx'
-    const pending = this.#pending
-    pending.count('requests', minute, 1)
-    pending.count(METHOD_METRICS.get(method) ?? 'requests.OTHER', minute, 1)
-    pending.count(statusMetric, minute, 1)
+    const statusClass = status >= 100 && status < 600 ? Math.floor(status / 100) : 5
+    const route = this.#page(sample.route, 'routes') ?? OTHER
+    // One tally per route and minute: the per-metric counters are derived from it at flush.
+    const tally = this.#pending.tally(now - (now % 60_000), method, route)
+    tally.count++
+    tally.byClass[statusClass] = (tally.byClass[statusClass] ?? 0) + 1
     const latency = Math.round(sample.durationMs)
-    if (latency > 0 && Number.isFinite(latency)) pending.count('latency.ms', minute, latency)
-    const route = this.#page(sample.route, 'routes')
-    if (route === null) return
-    this.#rank(today, 'routes', `${method} ${route}`)
+    if (latency > 0 && Number.isFinite(latency)) tally.latencyMs += latency
     if (method === 'GET' && status < 400) {
-      pending.count('pageviews', minute, 1)
-      this.#rank(today, 'pages', route)
-      if (sample.fingerprint) pending.visitor(`pageviews\0${today.day}`, sample.fingerprint.slice(0, 512))
+      tally.pageViews++
+      if (sample.fingerprint)
+        this.#pending.visitor(`pageviews\0${today.day}`, sample.fingerprint.slice(0, 512))
     }
     this.#recorded()
+  }
+
+  /** Expands the request tallies of `batch` into its counters and day rankings. */
+  #foldRequests(batch: PendingWrites): void {
+    const keep = this.#options.maxPages + 1
+    for (const [minute, tallies] of batch.requests) {
+      const day = dayKey(minute)
+      const expireAt = minute - (minute % DAY) + DAY + this.#options.retentionMs.day
+      const routesKey = this.#keys.tagged('routes', 'top', day)
+      const pagesKey = this.#keys.tagged('pages', 'top', day)
+      let pages = false
+      for (const t of tallies.values()) {
+        batch.count('requests', minute, t.count)
+        batch.count(METHOD_METRICS.get(t.method) ?? 'requests.OTHER', minute, t.count)
+        t.byClass.forEach((n, c) => {
+          if (n > 0) batch.count(STATUS_METRICS[c] ?? 'status.5xx', minute, n)
+        })
+        if (t.latencyMs > 0) batch.count('latency.ms', minute, t.latencyMs)
+        batch.rank(routesKey, `${t.method} ${t.route}`, t.count)
+        if (t.pageViews > 0) {
+          batch.count('pageviews', minute, t.pageViews)
+          batch.rank(pagesKey, t.route, t.pageViews)
+          pages = true
+        }
+      }
+      batch.keep.set(routesKey, keep)
+      batch.expire(routesKey, expireAt)
+      if (pages) {
+        batch.keep.set(pagesKey, keep)
+        batch.expire(pagesKey, expireAt)
+      }
+    }
+    batch.requests.clear()
   }
 
   #acceptMetric(name: string): boolean {
@@ -491,6 +521,7 @@ export class Analytics {
   }
 
   async #send(batch: PendingWrites): Promise<FlushResult> {
+    this.#foldRequests(batch)
     if (batch.visitors.size > 0) {
       try {
         await this.#saltVisitors(batch)

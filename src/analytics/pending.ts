@@ -3,6 +3,17 @@
  * flush swaps the whole object for an empty one, so recording never waits for Redis. Everything is
  * counted in `size`, the bound of what is kept while Redis is unreachable.
  */
+/** One route's requests in one minute, summed; expanded into counters and rankings at flush. */
+export interface RequestTally {
+  method: string
+  route: string
+  count: number
+  /** Requests per status class, index 1–5. */
+  byClass: number[]
+  latencyMs: number
+  pageViews: number
+}
+
 export class PendingWrites {
   /** metric → minute start → increment (expanded into minute/hour/day buckets and totals at flush). */
   readonly counts = new Map<string, Map<number, number>>()
@@ -20,6 +31,10 @@ export class PendingWrites {
   readonly expireAt = new Map<string, number>()
   /** key → members/entries to keep (sorted sets trimmed by rank, lists by index). */
   readonly keep = new Map<string, number>()
+  /** minute → route key → tally of the requests counted by the middleware. */
+  readonly requests = new Map<number, Map<string, RequestTally>>()
+  #minute = -1
+  #tallies: Map<string, RequestTally> | undefined
   /** Recordings since this object was created (drives the early flush). */
   ops = 0
   /** Distinct entries held. */
@@ -38,6 +53,29 @@ export class PendingWrites {
     const before = byMinute.get(minute)
     if (before === undefined) this.size++
     byMinute.set(minute, (before ?? 0) + n)
+  }
+
+  /** The tally of `method route` in `minute` (one map lookup on the request path). */
+  tally(minute: number, method: string, route: string): RequestTally {
+    let tallies = minute === this.#minute ? this.#tallies : undefined
+    if (!tallies) {
+      tallies = this.requests.get(minute)
+      if (!tallies) {
+        tallies = new Map()
+        this.requests.set(minute, tallies)
+      }
+      this.#minute = minute
+      this.#tallies = tallies
+    }
+    // Route patterns start with '/' or '(', so a GET route never collides with 'METHOD route'.
+    const key = method === 'GET' ? route : `${method} ${route}`
+    let tally = tallies.get(key)
+    if (!tally) {
+      tally = { method, route, count: 0, byClass: [0, 0, 0, 0, 0, 0], latencyMs: 0, pageViews: 0 }
+      tallies.set(key, tally)
+      this.size++
+    }
+    return tally
   }
 
   hashIncr(key: string, field: string, n: number): void {
