@@ -329,6 +329,32 @@ describe('RedisSessionStore methods', () => {
     await k.close()
   })
 
+  it('applies a custom serializer to each field; entries it cannot parse count as no session', async () => {
+    const k = createRedkit({
+      redis: redis.url,
+      prefix: uniquePrefix('serializer'),
+      configFile: false,
+      env: {},
+    })
+    const tagged = {
+      stringify: (value: unknown) => `v2:${JSON.stringify(value)}`,
+      parse: (text: string) => {
+        if (!text.startsWith('v2:')) throw new Error('not v2')
+        return JSON.parse(text.slice(3))
+      },
+    }
+    const cookie = { originalMaxAge: null, expires: null, path: '/', httpOnly: true }
+    const v1 = new RedisSessionStore({ kit: k })
+    const v2 = new RedisSessionStore({ kit: k, serializer: tagged })
+    await callback((cb) => v2.set('s', { cookie, cart: [1, 2] } as never, cb))
+    expect(await k.redis.hget(v2.repository.sessionKey('s'), '.cart')).toBe('v2:[1,2]')
+    expect(await callback((cb) => v2.get('s', cb))).toMatchObject({ cart: [1, 2] })
+    await callback((cb) => v1.set('old', { cookie, cart: [3] } as never, cb))
+    expect(await callback((cb) => v2.get('old', cb))).toBeNull()
+    expect(await k.redis.exists(v2.repository.sessionKey('old'))).toBe(0)
+    await k.close()
+  })
+
   it('works as a plain express-session store', async () => {
     const express = (await import('express')).default
     const app = express()
