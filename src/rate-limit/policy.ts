@@ -135,12 +135,12 @@ export class RateLimitPolicy {
    * EVAL. A connection failure gives `undefined` (the caller falls back); anything else is thrown.
    */
   async #retryConsume(error: unknown, keys: string[], args: number[]): Promise<number[] | undefined> {
-    if (isConnectionError(error)) return undefined
+    if (unavailable(error)) return undefined
     if (!(error instanceof Error) || !error.message.startsWith('NOSCRIPT')) throw error
     try {
       return (await this.#kit.hub.exec((redis) => CONSUME.run(redis, keys, args))) as number[]
     } catch (retryError) {
-      if (isConnectionError(retryError)) return undefined
+      if (unavailable(retryError)) return undefined
       throw retryError
     }
   }
@@ -159,7 +159,7 @@ export class RateLimitPolicy {
       )) as number[]
       return this.#parse(reply, 1)
     } catch (error) {
-      if (!isConnectionError(error) || this.onRedisError !== 'memory') throw error
+      if (!unavailable(error) || this.onRedisError !== 'memory') throw error
       return this.#memoryPeek(id)
     }
   }
@@ -196,7 +196,7 @@ export class RateLimitPolicy {
     try {
       await this.#kit.hub.exec((redis) => REFUND.run(redis, counters, [cost]))
     } catch (error) {
-      if (!isConnectionError(error) || this.onRedisError !== 'memory') throw error
+      if (!unavailable(error) || this.onRedisError !== 'memory') throw error
     }
   }
 
@@ -344,6 +344,15 @@ export class RateLimitPolicy {
     }
     return { allowed, retryAfterMs: 0, limits, violated: [], blocked: false, source: 'memory' }
   }
+}
+
+/**
+ * Redis cannot serve this key now: a connection failure, or a Cluster redirection that ioredis
+ * could not follow (it follows MOVED/ASK itself; one that reaches us points at a node that is
+ * down while the survivors still assign it the slot).
+ */
+function unavailable(error: unknown): boolean {
+  return isConnectionError(error) || (error instanceof Error && /^(MOVED|ASK) /.test(error.message))
 }
 
 /** A key as stored: strings longer than {@link MAX_KEY_LENGTH} are replaced by their SHA-256. */

@@ -79,4 +79,31 @@ describe('rate limiter on Redis Cluster', () => {
     expect(ok.headers.ratelimit).toMatch(/^"default";r=0;t=(9|10)$/)
     await request(app).get('/').expect(429)
   })
+
+  it('answers within the command timeout from the memory limiter when a Cluster node dies', async () => {
+    const k = createRedkit({
+      redis: { cluster: cluster.addresses },
+      prefix,
+      commandTimeout: 500,
+      configFile: false,
+      env: {},
+    })
+    kits.push(k)
+    k.on('error', () => undefined)
+    const options = { name: 'dying', limits: [{ points: 100, duration: '1m' }] }
+    const keys = Array.from({ length: 12 }, (_, i) => `c${i}`)
+    for (const key of keys) expect((await k.rateLimits.consume(key, options)).source).toBe('redis')
+    await cluster.nodes[0]!.kill()
+    const answers = await Promise.all(
+      keys.map(async (key) => {
+        const started = Date.now()
+        const r = await k.rateLimits.consume(key, options)
+        return { source: r.source, allowed: r.allowed, ms: Date.now() - started }
+      }),
+    )
+    expect(answers.every((a) => a.allowed)).toBe(true)
+    expect(Math.max(...answers.map((a) => a.ms))).toBeLessThan(500 + 2000)
+    // Keys served by the dead node fell back to memory; the others still counted in Redis.
+    expect(answers.some((a) => a.source === 'memory')).toBe(true)
+  })
 })
