@@ -420,7 +420,8 @@ export class RedisSessionStore extends ExpressStore {
         data.id = ids[i]
         sessions.push(data as unknown as SessionData)
       } catch {
-        // unparseable entries are skipped here and removed when next read by id
+        // skipped here; removed when next read by id
+        this.#emitInvalid('unparseable')
       }
     })
     return sessions

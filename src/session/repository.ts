@@ -285,18 +285,19 @@ export class SessionRepository {
    */
   async scanKeys(which: 'sessions' | 'users', count: number): Promise<string[]> {
     const pattern = (which === 'sessions' ? this.#sessions : this.#users).pattern()
-    return this.#kit.hub.exec(async (redis) => {
-      const found: string[] = []
-      for (const node of masters(redis)) {
-        let cursor = '0'
-        do {
-          const [next, keys] = await node.scan(cursor, 'MATCH', pattern, 'COUNT', count)
-          cursor = next
-          found.push(...keys)
-        } while (cursor !== '0')
-      }
-      return found
-    })
+    const found: string[] = []
+    // One exec per SCAN call: each gets the command timeout, not the whole listing.
+    for (const node of masters(this.#kit.hub.client)) {
+      let cursor = '0'
+      do {
+        const [next, keys] = await this.#kit.hub.exec(() =>
+          node.scan(cursor, 'MATCH', pattern, 'COUNT', count),
+        )
+        cursor = next
+        found.push(...keys)
+      } while (cursor !== '0')
+    }
+    return found
   }
 
   /** Ids of every stored session. */
@@ -313,7 +314,7 @@ export class SessionRepository {
   async clear(count: number): Promise<void> {
     const keys = [...(await this.scanKeys('sessions', count)), ...(await this.scanKeys('users', count))]
     // One UNLINK per key: on Cluster keys of one node still span many slots.
-    await this.#kit.hub.exec((redis) => Promise.all(keys.map((key) => redis.unlink(key))))
+    await Promise.all(keys.map((key) => this.#kit.hub.exec((redis) => redis.unlink(key))))
   }
 }
 
