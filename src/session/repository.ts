@@ -150,11 +150,20 @@ export class SessionRepository {
   }
 
   /** Reads a session; null when absent. Throws the reply error for a key of another type. */
-  async read(id: string): Promise<RawSession | null> {
+  read(id: string): Promise<RawSession | null> {
     const key = this.sessionKey(id)
-    const packed = (await this.#kit.hub.exec((redis) => READ.run(redis, [key], []))) as string | null
-    if (typeof packed !== 'string') return null
-    return fromPairs(JSON.parse(packed) as string[])
+    // The hot path of every request: EVALSHA straight away, EVAL only when the script is unknown.
+    return this.#kit.hub
+      .exec((redis) =>
+        redis
+          .evalsha(READ.sha, 1, key)
+          .catch((error: unknown) =>
+            error instanceof Error && error.message.startsWith('NOSCRIPT')
+              ? READ.run(redis, [key], [])
+              : Promise.reject(error),
+          ),
+      )
+      .then(unpack)
   }
 
   /** Reads a session with its remaining TTL in ms. */
@@ -232,7 +241,7 @@ export class SessionRepository {
   async touch(id: string, ttlMs: number, userId: string | undefined, indexScore = 0): Promise<boolean> {
     const key = this.sessionKey(id)
     if (userId === undefined || Date.now() + ttlMs + INDEX_MARGIN_MS < indexScore) {
-      return (await this.#kit.hub.exec((redis) => redis.pexpire(key, ttlMs))) === 1
+      return this.#kit.hub.exec((redis) => redis.pexpire(key, ttlMs)).then(isOne)
     }
     const index = this.indexKey(userId)
     if (this.#sameSlot(id, userId)) {
@@ -316,6 +325,14 @@ export class SessionRepository {
     // One UNLINK per key: on Cluster keys of one node still span many slots.
     await Promise.all(keys.map((key) => this.#kit.hub.exec((redis) => redis.unlink(key))))
   }
+}
+
+function unpack(packed: unknown): RawSession | null {
+  return typeof packed === 'string' ? fromPairs(JSON.parse(packed) as string[]) : null
+}
+
+function isOne(reply: number): boolean {
+  return reply === 1
 }
 
 function masters(redis: RedisClient) {
