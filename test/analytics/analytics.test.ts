@@ -1,6 +1,12 @@
 import { Redis } from 'ioredis'
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest'
-import { type Analytics, ConfigError, createRedkit, type Redkit } from '../../src/index.js'
+import {
+  type Analytics,
+  ConfigError,
+  createRedkit,
+  type Redkit,
+  visitorFingerprint,
+} from '../../src/index.js'
 import { type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/index.js'
 
 let redis: StandaloneRedis
@@ -47,6 +53,10 @@ afterAll(async () => {
 
 describe('counts and series', () => {
   it('sums counts into totals, today and the current minute, hour and day buckets', async () => {
+    // Date alone is fixed (mid-minute, mid-hour) so no bucket boundary falls inside the test.
+    vi.useFakeTimers({ toFake: ['Date'] })
+    const now = Date.now()
+    vi.setSystemTime(now - (now % 3_600_000) + 30 * 60_000 + 30_000)
     const a = manual(newKit())
     for (let i = 0; i < 7; i++) a.count('emails.sent')
     a.count('emails.sent', 5)
@@ -120,6 +130,16 @@ describe('counts and series', () => {
     expect(hour).toBeLessThanOrEqual(4 * 86_400_000)
     expect(day).toBeGreaterThan(90 * 86_400_000)
     expect(day).toBeLessThanOrEqual(120 * 86_400_000)
+  })
+})
+
+describe('visitorFingerprint', () => {
+  it('is stable for one client and differs between clients, without the address in it', () => {
+    const one = visitorFingerprint('203.0.113.7', 'Firefox')
+    expect(visitorFingerprint('203.0.113.7', 'Firefox')).toBe(one)
+    expect(visitorFingerprint('203.0.113.7', 'Chrome')).not.toBe(one)
+    expect(visitorFingerprint('203.0.113.8', 'Firefox')).not.toBe(one)
+    expect(one).not.toContain('203')
   })
 })
 
@@ -200,6 +220,9 @@ describe('the batching writer', () => {
   })
 
   it('sends one pipeline per flush whatever the number of recordings', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] })
+    const now = Date.now()
+    vi.setSystemTime(now - (now % 60_000) + 30_000)
     const kit = newKit()
     const a = manual(kit)
     const sent: number[] = []

@@ -96,7 +96,7 @@ describe('analytics middleware', () => {
       { path: '/products/:id', count: 1 },
     ])
     const series = await kit.analytics.series('requests')
-    expect(series.at(-1)?.value).toBe(5)
+    expect(series.reduce((sum, p) => sum + p.value, 0)).toBe(5)
   })
 
   it('counts unique visitors by a salted hash shared by every instance, without storing the IP', async () => {
