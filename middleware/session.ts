@@ -141,6 +141,8 @@ interface Snapshot {
   userId: string | undefined
   /** Score of the index entry as last read or written (see SessionRepository.touch). */
   indexScore: number
+  /** TTL the read already extended the session by (0: none), so the end-of-request touch can skip. */
+  extendedMs: number
   /** Saved during this request: a second save without changes, or a touch, has nothing to do. */
   saved: boolean
 }
@@ -150,6 +152,8 @@ interface Snapshot {
  * its change detection (JSON.stringify) and the serializer all ignore.
  */
 const SNAPSHOT = Symbol('redkit.session.snapshot')
+/** A touch within this of the TTL the read applied has nothing left to do. */
+const TOUCH_TOLERANCE_MS = 1000
 type Snapshotted = { [SNAPSHOT]?: Snapshot }
 
 function userOf(session: Record<string, unknown>, field: string | false): string | undefined {
@@ -255,6 +259,20 @@ export class RedisSessionStore extends ExpressStore {
     return typeof value === 'number' && value <= 0 ? 0 : parseDuration(value, 'session.ttl')
   }
 
+  /**
+   * TTL a later read extends the session by: what express-session's touch would apply for this
+   * cookie (its maxAge, else the ttl option); 0 when it cannot be known in advance.
+   */
+  #accessTtlMs(session: AnySession): number {
+    const cookie = session.cookie as { originalMaxAge?: number | null; expires?: unknown } | undefined
+    if (typeof cookie?.originalMaxAge === 'number') return Math.max(0, cookie.originalMaxAge)
+    if (cookie?.expires) return 0
+    const ttl = this.#options.ttl
+    if (typeof ttl === 'number') return ttl
+    const value = ttl(session)
+    return typeof value === 'number' && value <= 0 ? 0 : parseDuration(value, 'session.ttl')
+  }
+
   #emitInvalid(reason: string): void {
     if (this.kit.events.has('session:invalid')) this.kit.events.emit('session:invalid', { reason })
   }
@@ -266,7 +284,7 @@ export class RedisSessionStore extends ExpressStore {
   async #get(sid: string): Promise<SessionData | null> {
     let raw: Awaited<ReturnType<SessionRepository['read']>>
     try {
-      raw = await this.repository.read(sid)
+      raw = await this.repository.read(sid, !this.#options.disableTouch)
     } catch (error) {
       if (!(error instanceof Error) || !error.message.startsWith('WRONGTYPE')) throw error
       await this.repository.remove(sid)
@@ -295,6 +313,7 @@ export class RedisSessionStore extends ExpressStore {
       version: raw.version,
       userId: raw.userId,
       indexScore: raw.indexScore,
+      extendedMs: this.#options.disableTouch ? 0 : raw.accessTtlMs,
       saved: false,
     }
     return data as unknown as SessionData
@@ -348,6 +367,7 @@ export class RedisSessionStore extends ExpressStore {
       set,
       remove,
       ttlMs,
+      accessTtlMs: this.#accessTtlMs(session),
       userId: userField === false ? undefined : (userId ?? null),
       previousUserId: snapshot?.userId,
       mode: snapshot ? (strict ? 'strict' : 'patch') : 'new',
@@ -363,6 +383,7 @@ export class RedisSessionStore extends ExpressStore {
       version: result.version,
       userId,
       indexScore: result.indexScore,
+      extendedMs: 0,
       saved: true,
     }
   }
@@ -394,7 +415,17 @@ export class RedisSessionStore extends ExpressStore {
       return
     }
     const userId = userOf(session, this.#options.userField)
-    await this.repository.touch(sid, ttlMs, userId, userId === snapshot?.userId ? snapshot?.indexScore : 0)
+    const indexScore = snapshot && userId === snapshot.userId ? snapshot.indexScore : 0
+    // The read already extended the session by this TTL, and the index entry still covers it.
+    if (
+      snapshot &&
+      snapshot.extendedMs > 0 &&
+      Math.abs(ttlMs - snapshot.extendedMs) <= TOUCH_TOLERANCE_MS &&
+      (userId === undefined || this.repository.indexCovers(ttlMs, indexScore))
+    ) {
+      return
+    }
+    await this.repository.touch(sid, ttlMs, userId, indexScore)
   }
 
   override destroy(sid: string, callback?: (error?: unknown) => void): void {

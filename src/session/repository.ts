@@ -15,7 +15,11 @@ export const DATA_PREFIX = '.'
 const VERSION = '#v'
 const USER = '#u'
 const INDEX_SCORE = '#x'
-/** A touch moves the index entry only when it would leave less than this before its score. */
+const ACCESS_TTL = '#t'
+/**
+ * A touch moves the index entry only when it would leave less than this (or a quarter of the TTL)
+ * before its score: room for clock differences between app servers and Redis.
+ */
 const INDEX_MARGIN_MS = 60_000
 const TAG_CACHE_SIZE = 10_000
 /** Ids minted by the repository carry their user's slot tag: `<tag>.<random>`. */
@@ -29,6 +33,8 @@ export interface RawSession {
   userId: string | undefined
   /** Score of the session's entry in its user's index (ms; 0 when none). */
   indexScore: number
+  /** TTL a read extends the session by (ms; 0 when none): see READ. */
+  accessTtlMs: number
 }
 
 /** What to write (see {@link SessionRepository.write}). */
@@ -43,6 +49,8 @@ export interface WritePlan {
   userId: string | null | undefined
   /** The user the caller last saw (to move the index entry when the user changes). */
   previousUserId: string | undefined
+  /** When set, a read with `extend` later extends the session by this TTL (ms). */
+  accessTtlMs?: number
   /** 'new' replaces whatever is stored; 'patch' merges into an existing session; 'strict' also refuses on a version change. */
   mode: 'new' | 'patch' | 'strict'
   /** Version the caller loaded (for conflict detection). */
@@ -149,17 +157,21 @@ export class SessionRepository {
     return !this.#cluster || this.#tagOf(id).tag === this.userTag(userId)
   }
 
-  /** Reads a session; null when absent. Throws the reply error for a key of another type. */
-  read(id: string): Promise<RawSession | null> {
+  /**
+   * Reads a session; null when absent. Throws the reply error for a key of another type. With
+   * `extend`, also extends it by its stored access TTL in the same round trip (see READ).
+   */
+  read(id: string, extend = false): Promise<RawSession | null> {
     const key = this.sessionKey(id)
+    const flag = extend ? '1' : '0'
     // The hot path of every request: EVALSHA straight away, EVAL only when the script is unknown.
     return this.#kit.hub
       .exec((redis) =>
         redis
-          .evalsha(READ.sha, 1, key)
+          .evalsha(READ.sha, 1, key, flag)
           .catch((error: unknown) =>
             error instanceof Error && error.message.startsWith('NOSCRIPT')
-              ? READ.run(redis, [key], [])
+              ? READ.run(redis, [key], [flag])
               : Promise.reject(error),
           ),
       )
@@ -209,6 +221,10 @@ export class SessionRepository {
       plan.set.length,
     ]
     for (const [name, value] of plan.set) args.push(DATA_PREFIX + name, value)
+    if (plan.accessTtlMs !== undefined) {
+      args.push(ACCESS_TTL, plan.accessTtlMs)
+      args[8] = plan.set.length + 1
+    }
     for (const name of plan.remove) args.push(DATA_PREFIX + name)
     const reply = (await this.#kit.hub.exec((redis) => WRITE.run(redis, keys, args))) as unknown[]
     const result: WriteResult = {
@@ -238,9 +254,14 @@ export class SessionRepository {
    * too, but only when the new expiry comes near its score (`indexScore`, as read with the
    * session): most touches are one PEXPIRE.
    */
+  /** True when a touch to `ttlMs` from now would leave the index entry scored `indexScore` valid. */
+  indexCovers(ttlMs: number, indexScore: number): boolean {
+    return Date.now() + ttlMs + Math.min(INDEX_MARGIN_MS, ttlMs / 4) < indexScore
+  }
+
   async touch(id: string, ttlMs: number, userId: string | undefined, indexScore = 0): Promise<boolean> {
     const key = this.sessionKey(id)
-    if (userId === undefined || Date.now() + ttlMs + INDEX_MARGIN_MS < indexScore) {
+    if (userId === undefined || this.indexCovers(ttlMs, indexScore)) {
       return this.#kit.hub.exec((redis) => redis.pexpire(key, ttlMs)).then(isOne)
     }
     const index = this.indexKey(userId)
@@ -349,6 +370,7 @@ function fromPairs(pairs: string[]): RawSession | null {
   let version: string | undefined
   let userId: string | undefined
   let indexScore = 0
+  let accessTtlMs = 0
   const fields = new Map<string, string>()
   for (let i = 0; i + 1 < pairs.length; i += 2) {
     const name = pairs[i] as string
@@ -357,7 +379,8 @@ function fromPairs(pairs: string[]): RawSession | null {
     else if (name === VERSION) version = value
     else if (name === USER) userId = value
     else if (name === INDEX_SCORE) indexScore = Number(value)
+    else if (name === ACCESS_TTL) accessTtlMs = Number(value)
   }
   if (version === undefined && fields.size === 0) return null
-  return { fields, version: version ?? '', userId, indexScore }
+  return { fields, version: version ?? '', userId, indexScore, accessTtlMs }
 }

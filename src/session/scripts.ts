@@ -2,7 +2,8 @@ import { LuaScript } from '../util/script.js'
 
 // Hash layout of one session: data fields are stored under '.' + name (one serialized value per
 // top-level field, so concurrent writers can merge field by field), bookkeeping under '#':
-// '#v' version, '#u' indexed user, '#x' score of the session's entry in that user's index.
+// '#v' version, '#u' indexed user, '#x' score of the session's entry in that user's index,
+// '#t' TTL to extend the session by when a request reads it (express store only).
 // Times come from Redis's own clock (TIME), so index scores and key expiry agree across app servers.
 //
 // A user index entry is scored at expiry + one TTL of slack. A touch therefore only has to move
@@ -124,9 +125,20 @@ return redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 /**
  * Reads a session hash as one JSON array of name/value strings (false when absent): one bulk
  * reply is markedly cheaper for the client to decode than an HGETALL map of a dozen strings, and
- * this read runs on every request. KEYS[1] session.
+ * this read runs on every request. With ARGV[1] = '1' it also extends the session by its access
+ * TTL ('#t', written by the express store on save): the touch a request of an unchanged session
+ * would send at its end, done in the same round trip as the read. KEYS[1] session.
  */
 export const READ = new LuaScript(`local h = redis.call('HGETALL', KEYS[1])
 if #h == 0 then return false end
+if ARGV[1] == '1' then
+  for i = 1, #h, 2 do
+    if h[i] == '#t' then
+      local ttl = tonumber(h[i + 1])
+      if ttl and ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+      break
+    end
+  end
+end
 return cjson.encode(h)
 `)

@@ -56,6 +56,10 @@ export function sessionApp(kit: Redkit, options: Partial<SessionOptions> = {}) {
     if (delay) await sleep(delay)
     res.json({ ok: true })
   })
+  account.post('/remember', (req, res) => {
+    req.session.cookie.maxAge = Number(req.query.ms ?? 120_000)
+    res.json({ ok: true })
+  })
   account.post('/big', (req, res) => {
     req.session.blob = 'x'.repeat(Number(req.query.bytes ?? 100_000))
     res.json({ ok: true })

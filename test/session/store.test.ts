@@ -81,6 +81,29 @@ describe('session() middleware: the express-session contract over HTTP', () => {
     expect(await kit.redis.hget(keyOf(body.id), '#v')).toBe(version) // touched, not rewritten
   })
 
+  it('extends the TTL of an unchanged session in the same round trip as the read', async () => {
+    const agent = request.agent(sessionApp(kit))
+    const { body } = await agent.post('/account/login').expect(200)
+    await kit.redis.pexpire(keyOf(body.id), 5_000)
+    let commands = 0
+    const off = kit.on('command', () => commands++)
+    await agent.get('/account/me').expect(200)
+    off()
+    expect(commands).toBe(1)
+    expect(await kit.redis.pttl(keyOf(body.id))).toBeGreaterThan(50_000)
+    // listing sessions reads them without extending them
+    await kit.redis.pexpire(keyOf(body.id), 5_000)
+    await callback((cb) => new RedisSessionStore({ kit }).all(cb as never))
+    expect(await kit.redis.pttl(keyOf(body.id))).toBeLessThanOrEqual(5_000)
+  })
+
+  it('a cookie maxAge changed without other changes is applied by the touch', async () => {
+    const agent = request.agent(sessionApp(kit))
+    const { body } = await agent.post('/account/login').expect(200)
+    await agent.post('/account/remember?ms=600000').expect(200)
+    expect(await kit.redis.pttl(keyOf(body.id))).toBeGreaterThan(500_000)
+  })
+
   it('with disableTouch an unchanged request leaves the TTL alone', async () => {
     const agent = request.agent(sessionApp(kit, { disableTouch: true }))
     const { body } = await agent.post('/account/login').expect(200)
