@@ -4,6 +4,8 @@ export type {
   FlushResult,
   Granularity,
   PageViewOptions,
+  PrometheusExporter,
+  PrometheusOptions,
   RangeOptions,
   RankedItem,
   RecentEvent,
@@ -13,7 +15,6 @@ export type {
   SeriesPoint,
   TopOptions,
 } from './analytics/index.js'
-export type { PrometheusExporter, PrometheusOptions } from './analytics/index.js'
 export {
   ANALYTICS_DEFAULTS,
   Analytics,
