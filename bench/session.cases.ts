@@ -35,6 +35,7 @@ interface Counts {
   statuses: Record<string, number>
   handled: number
   withSession: number
+  /** express-session's touch() calls (for redkit the extension already travelled with the read). */
   touches: number
   saves: number
 }
@@ -86,6 +87,21 @@ function appWith(middleware: RequestHandler | null, counts: Counts) {
   return app
 }
 
+/**
+ * TTL extensions Redis performed since `since` (EXPIRE/PEXPIRE calls, those inside scripts
+ * included): proves each request extended its session, whichever command carried it.
+ */
+async function expiresSince(redis: { info(section: string): Promise<string> }) {
+  const read = async () => {
+    const stats = await redis.info('commandstats')
+    let calls = 0
+    for (const m of stats.matchAll(/cmdstat_p?expire:calls=(\d+)/g)) calls += Number(m[1])
+    return calls
+  }
+  const start = await read()
+  return async () => (await read()) - start
+}
+
 const newCounts = (): Counts => ({ statuses: {}, handled: 0, withSession: 0, touches: 0, saves: 0 })
 const sessionOptions = { secret: SECRET, name: COOKIE_NAME, resave: false, saveUninitialized: false }
 
@@ -117,8 +133,13 @@ export const cases: Record<string, (context: Record<string, unknown>) => Promise
     const store = new RedisStore({ client: redis, prefix: `${prefix}:sess:` })
     const counts = newCounts()
     await prepare(store, counts)
+    const extensions = await expiresSince(redis)
     const app = appWith(expressSession({ ...sessionOptions, store }), counts)
-    return { app, close: async () => void (await redis.quit()), check: () => ({ ...counts }) }
+    return {
+      app,
+      close: async () => void (await redis.quit()),
+      check: async () => ({ ...counts, ttlExtensions: await extensions() }),
+    }
   },
 
   async 'redkit RedisSessionStore in express-session'(context) {
@@ -127,8 +148,13 @@ export const cases: Record<string, (context: Record<string, unknown>) => Promise
     const store = new RedisSessionStore({ kit })
     const counts = newCounts()
     await prepare(store, counts)
+    const extensions = await expiresSince(kit.redis)
     const app = appWith(expressSession({ ...sessionOptions, store }), counts)
-    return { app, close: () => kit.close(), check: () => ({ ...counts }) }
+    return {
+      app,
+      close: () => kit.close(),
+      check: async () => ({ ...counts, ttlExtensions: await extensions() }),
+    }
   },
 
   async 'redkit session()'(context) {
@@ -137,7 +163,12 @@ export const cases: Record<string, (context: Record<string, unknown>) => Promise
     const store = new RedisSessionStore({ kit })
     const counts = newCounts()
     await prepare(store, counts)
+    const extensions = await expiresSince(kit.redis)
     const app = appWith(session(kit, { secret: SECRET, name: COOKIE_NAME, store }), counts)
-    return { app, close: () => kit.close(), check: () => ({ ...counts }) }
+    return {
+      app,
+      close: () => kit.close(),
+      check: async () => ({ ...counts, ttlExtensions: await extensions() }),
+    }
   },
 }
