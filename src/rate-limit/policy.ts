@@ -39,7 +39,7 @@ export interface RateLimitResult {
   retryAfterMs: number
   /** One entry per limit of the policy (empty when Redis was down and the mode is open/closed). */
   limits: LimitState[]
-  /** Names of the limits this request would have exceeded (empty when allowed or only blocked). */
+  /** Names of the limits this request exceeded, or that hold the block (empty when allowed). */
   violated: string[]
   /** True when rejected because the key is blocked (`blockDuration` or `block()`). */
   blocked: boolean
@@ -72,6 +72,8 @@ export class RateLimitPolicy {
   /** Blocked keys and when their block ends (ms since epoch), so blocked requests skip Redis. */
   readonly #blocks = new LRUCache<string, number>({ max: BLOCK_CACHE_SIZE })
   readonly #limitArgs: number[]
+  /** Index of the limit with the shortest window (where `block()` puts its mark). */
+  readonly #shortest: number
   /** Script arguments for the common cost of 1, built once. */
   readonly #argsCost1: number[]
   #memory: RateLimiterMemory[] | undefined
@@ -86,6 +88,11 @@ export class RateLimitPolicy {
     this.policyField = resolved.limits.map((l) => l.policyItem).join(', ')
     this.#limitArgs = resolved.limits.flatMap((l) => [l.points, l.durationMs])
     this.#argsCost1 = [1, this.blockMs, ...this.#limitArgs]
+    let shortest = 0
+    resolved.limits.forEach((l, i) => {
+      if (l.durationMs < resolved.limits[shortest]!.durationMs) shortest = i
+    })
+    this.#shortest = shortest
   }
 
   /**
@@ -115,7 +122,7 @@ export class RateLimitPolicy {
       }
       if (reply) {
         result = this.#parse(reply, cost)
-        if (result.blocked || (!result.allowed && reply[1]! > 0)) this.#rememberBlock(id, reply[1]!)
+        if (result.blocked) this.#rememberBlock(id, result.retryAfterMs)
       } else {
         result = await this.#fallback(id, cost)
       }
@@ -155,7 +162,7 @@ export class RateLimitPolicy {
     if (blockedFor > 0) return this.#blockedResult(blockedFor, 'block-cache')
     try {
       const reply = (await this.#kit.hub.exec((redis) =>
-        PEEK.run(redis, this.#redisKeys(id), [1, 0, ...this.#limitArgs]),
+        PEEK.run(redis, this.#redisKeys(id), this.#argsCost1),
       )) as number[]
       return this.#parse(reply, 1)
     } catch (error) {
@@ -174,15 +181,18 @@ export class RateLimitPolicy {
   }
 
   /**
-   * Blocks `key` for `durationMs` on every instance (a Redis key checked by each consume) and
-   * remembers it here, so this instance rejects it without a Redis call.
+   * Blocks `key` for `durationMs` on every instance and remembers it here, so this instance
+   * rejects it without a Redis call. As in rate-limiter-flexible, the block is a counter set above
+   * its points for the duration: the one of the shortest window, whose count matters least.
    */
   async block(key: string | number, durationMs: number): Promise<void> {
     const id = normalizeKey(key)
     if (durationMs <= 0) return
     this.#rememberBlock(id, durationMs)
-    const blockKey = this.#redisKeys(id)[0]!
-    await this.#kit.hub.exec((redis) => redis.set(blockKey, 1, 'PX', Math.ceil(durationMs)))
+    const index = this.#shortest
+    const counter = this.#redisKeys(id)[index]!
+    const points = this.limits[index]!.points
+    await this.#kit.hub.exec((redis) => redis.set(counter, points + 1, 'PX', Math.ceil(durationMs)))
   }
 
   /** Gives `cost` points back to every limit of `key` (never below zero; windows unchanged). */
@@ -192,19 +202,20 @@ export class RateLimitPolicy {
       const state = await limiter.get(id)
       if (state && state.consumedPoints > 0) await limiter.reward(id, Math.min(cost, state.consumedPoints))
     }
-    const counters = this.#redisKeys(id).slice(1)
+    const counters = this.#redisKeys(id)
     try {
-      await this.#kit.hub.exec((redis) => REFUND.run(redis, counters, [cost]))
+      const args = [cost, ...this.limits.map((l) => l.points)]
+      await this.#kit.hub.exec((redis) => REFUND.run(redis, counters, args))
     } catch (error) {
       if (!unavailable(error) || this.onRedisError !== 'memory') throw error
     }
   }
 
-  /** `[block key, counter of limit 1, ...]`: one hash tag per policy and key (Cluster-safe). */
+  /** One counter per limit, all under one hash tag per policy and key (Cluster-safe). */
   #redisKeys(id: string): string[] {
     // The policy name cannot contain '/', and keyPart() escapes ':' and braces in the key.
     const base = this.#keys.tagged(`${this.name}/${id}`)
-    const keys = [`${base}:blocked`]
+    const keys: string[] = []
     for (const limit of this.limits) keys.push(`${base}:${limit.name}`)
     return keys
   }
@@ -213,11 +224,11 @@ export class RateLimitPolicy {
     const status = Number(reply[0])
     const limits: LimitState[] = []
     const violated: string[] = []
-    let retryAfterMs = status === 1 ? 0 : Number(reply[1])
+    let retryAfterMs = 0
     for (let i = 0; i < this.limits.length; i++) {
       const limit = this.limits[i]!
-      const used = Number(reply[2 + 2 * i])
-      const ttl = Number(reply[3 + 2 * i])
+      const used = Number(reply[1 + 2 * i])
+      const ttl = Number(reply[2 + 2 * i])
       const resetMs = ttl > 0 ? ttl : limit.durationMs
       limits.push({
         name: limit.name,
@@ -225,12 +236,14 @@ export class RateLimitPolicy {
         remaining: Math.max(0, limit.points - used),
         resetMs,
       })
-      if (status === 0 && used + cost > limit.points) {
+      if (status !== 1 && used + cost > limit.points) {
         violated.push(limit.name)
         if (resetMs > retryAfterMs) retryAfterMs = resetMs
       }
     }
-    return { allowed: status === 1, retryAfterMs, limits, violated, blocked: status === -1, source: 'redis' }
+    // A rejection with blockDuration has just blocked the key (status 0); -1: it already was.
+    const blocked = status === -1 || (status === 0 && this.blockMs > 0)
+    return { allowed: status === 1, retryAfterMs, limits, violated, blocked, source: 'redis' }
   }
 
   #blockedFor(id: string): number {

@@ -2,90 +2,94 @@ import { LuaScript } from '../util/script.js'
 
 /**
  * Checks every limit of a policy and consumes from all of them, or from none, in one atomic step.
- * Each limit is a fixed window: a counter created with the window as its TTL.
+ * Each limit is a fixed window: a counter created with the window as its TTL. A counter above its
+ * points is a block (rate-limiter-flexible's semantics: a blocked key holds points + 1 until the
+ * block ends); an allowed request never takes a counter above its points, so nothing else does.
  *
- * KEYS[1] block key; KEYS[2..n+1] one counter per limit (all under one hash tag).
- * ARGV[1] cost; ARGV[2] block ms to set when the request exceeds a limit (0: none);
+ * KEYS[i] the counter of limit i (all under one hash tag).
+ * ARGV[1] cost; ARGV[2] block ms to apply to each exceeded limit (0: none);
  * ARGV[1+2i], ARGV[2+2i] points and window ms of limit i.
- * Returns { status, blockMs, used_1, ttl_1, ..., used_n, ttl_n }: status 1 allowed (used counts
- * include this request), 0 rejected by a limit, -1 rejected because the key is blocked.
+ * Returns { status, used_1, ttl_1, ..., used_n, ttl_n }: status 1 allowed (used counts include
+ * this request), 0 rejected by a limit (now blocked when ARGV[2] > 0), -1 rejected because the key
+ * was already blocked.
  */
 export const CONSUME = new LuaScript(`
 local cost = tonumber(ARGV[1])
-local n = #KEYS - 1
-local out = {1, 0}
-for i = 1, n do
-  local key = KEYS[i + 1]
-  local ttl = redis.call('PTTL', key)
+local out = {1}
+local blocked = false
+for i = 1, #KEYS do
+  local ttl = redis.call('PTTL', KEYS[i])
   local used = 0
   if ttl > 0 then
-    used = tonumber(redis.call('GET', key)) or 0
+    used = tonumber(redis.call('GET', KEYS[i])) or 0
   else
     -- missing, or left without expiry by hand: start a fresh window
     ttl = -1
   end
-  out[1 + 2 * i] = used
-  out[2 + 2 * i] = ttl
-  if used + cost > tonumber(ARGV[1 + 2 * i]) then out[1] = 0 end
+  local points = tonumber(ARGV[1 + 2 * i])
+  if used > points then blocked = true end
+  if used + cost > points then out[1] = 0 end
+  out[2 * i] = used
+  out[1 + 2 * i] = ttl
 end
-local blocked = redis.call('PTTL', KEYS[1])
-if blocked > 0 then
+if blocked then
   out[1] = -1
-  out[2] = blocked
   return out
 end
 if out[1] == 0 then
   local blockMs = tonumber(ARGV[2])
   if blockMs > 0 then
-    redis.call('SET', KEYS[1], 1, 'PX', blockMs)
-    out[2] = blockMs
+    for i = 1, #KEYS do
+      local points = tonumber(ARGV[1 + 2 * i])
+      if out[2 * i] + cost > points then
+        -- never shorter than the window left: a block must not hand out a fresh window early
+        local ms = math.max(blockMs, out[1 + 2 * i])
+        redis.call('SET', KEYS[i], points + 1, 'PX', ms)
+        out[2 * i] = points + 1
+        out[1 + 2 * i] = ms
+      end
+    end
   end
   return out
 end
-for i = 1, n do
-  local key = KEYS[i + 1]
-  if out[2 + 2 * i] < 0 then
+for i = 1, #KEYS do
+  if out[1 + 2 * i] < 0 then
     local window = tonumber(ARGV[2 + 2 * i])
-    redis.call('SET', key, cost, 'PX', window)
-    out[2 + 2 * i] = window
+    redis.call('SET', KEYS[i], cost, 'PX', window)
+    out[1 + 2 * i] = window
   else
-    redis.call('INCRBY', key, cost)
+    redis.call('INCRBY', KEYS[i], cost)
   end
-  out[1 + 2 * i] = out[1 + 2 * i] + cost
+  out[2 * i] = out[2 * i] + cost
 end
 return out
 `)
 
-/** Same reply as {@link CONSUME} without consuming or blocking (status 1 when a cost of 1 would pass). */
+/** Same reply as {@link CONSUME} for a cost of 1, without consuming or blocking. */
 export const PEEK = new LuaScript(`
-local n = #KEYS - 1
-local out = {1, 0}
-for i = 1, n do
-  local key = KEYS[i + 1]
-  local ttl = redis.call('PTTL', key)
+local out = {1}
+for i = 1, #KEYS do
+  local ttl = redis.call('PTTL', KEYS[i])
   local used = 0
-  if ttl > 0 then used = tonumber(redis.call('GET', key)) or 0 else ttl = -1 end
-  out[1 + 2 * i] = used
-  out[2 + 2 * i] = ttl
-  if used + 1 > tonumber(ARGV[1 + 2 * i]) then out[1] = 0 end
-end
-local blocked = redis.call('PTTL', KEYS[1])
-if blocked > 0 then
-  out[1] = -1
-  out[2] = blocked
+  if ttl > 0 then used = tonumber(redis.call('GET', KEYS[i])) or 0 else ttl = -1 end
+  local points = tonumber(ARGV[1 + 2 * i])
+  if used > points then out[1] = -1 elseif used + 1 > points and out[1] == 1 then out[1] = 0 end
+  out[2 * i] = used
+  out[1 + 2 * i] = ttl
 end
 return out
 `)
 
 /**
  * Gives `ARGV[1]` points back to every counter in KEYS that still exists (never below 0, TTL
- * kept). Returns nothing useful.
+ * kept), except a counter above its points (`ARGV[1 + i]`): that is a block, which a refund must
+ * not lift. Returns nothing useful.
  */
 export const REFUND = new LuaScript(`
 local cost = tonumber(ARGV[1])
 for i = 1, #KEYS do
   local used = tonumber(redis.call('GET', KEYS[i]))
-  if used and used > 0 then
+  if used and used > 0 and used <= tonumber(ARGV[1 + i]) then
     redis.call('DECRBY', KEYS[i], math.min(cost, used))
   end
 end

@@ -245,4 +245,23 @@ describe('kit.rateLimits on a standalone server', () => {
     await k.close()
     await expect(waiting).rejects.toBeInstanceOf(RateLimitQueueError)
   })
+
+  it('never lets a block end before the window it was earned in, and a refund never lifts it', async () => {
+    const k = kit()
+    const options = {
+      name: 'short-block',
+      limits: [{ name: 'minute', points: 2, duration: '1m' }],
+      blockDuration: '1s',
+    }
+    await k.rateLimits.consume('s', options)
+    await k.rateLimits.consume('s', options)
+    const over = await k.rateLimits.consume('s', options)
+    expect(over).toMatchObject({ allowed: false, blocked: true, violated: ['minute'] })
+    expect(over.retryAfterMs).toBeGreaterThan(50_000)
+    const other = kit()
+    await other.rateLimits.refund('s', options)
+    const still = await other.rateLimits.consume('s', options)
+    expect(still).toMatchObject({ allowed: false, blocked: true, source: 'redis', violated: ['minute'] })
+    expect(still.limits[0]?.remaining).toBe(0)
+  })
 })
