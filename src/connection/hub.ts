@@ -15,7 +15,9 @@ export type MessageHandler = (message: string, channel: string) => void
 
 const CONNECTION_MESSAGES =
   /Command timed out|Connection is closed|Stream isn't writeable|max retries per request|ECONNREFUSED|ECONNRESET|EPIPE|ETIMEDOUT|EHOSTUNREACH|Failed to refresh slots cache|None of startup nodes is available|Cluster isn't ready|All sentinels are unreachable|Connection in subscriber mode/i
-const UNAVAILABLE_REPLIES = /^(LOADING|READONLY|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|NOREPLICAS)\b/
+// MOVED/ASK reach the caller only when ioredis could not follow them: the survivors of a Cluster
+// still assign the slot to a node that is down.
+const UNAVAILABLE_REPLIES = /^(LOADING|READONLY|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|NOREPLICAS|MOVED|ASK)\b/
 
 /**
  * True when `error` means Redis could not be reached or cannot serve right now (as opposed to a

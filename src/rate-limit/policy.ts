@@ -142,12 +142,12 @@ export class RateLimitPolicy {
    * EVAL. A connection failure gives `undefined` (the caller falls back); anything else is thrown.
    */
   async #retryConsume(error: unknown, keys: string[], args: number[]): Promise<number[] | undefined> {
-    if (unavailable(error)) return undefined
+    if (isConnectionError(error)) return undefined
     if (!(error instanceof Error) || !error.message.startsWith('NOSCRIPT')) throw error
     try {
       return (await this.#kit.hub.exec((redis) => CONSUME.run(redis, keys, args))) as number[]
     } catch (retryError) {
-      if (unavailable(retryError)) return undefined
+      if (isConnectionError(retryError)) return undefined
       throw retryError
     }
   }
@@ -166,7 +166,7 @@ export class RateLimitPolicy {
       )) as number[]
       return this.#parse(reply, 1)
     } catch (error) {
-      if (!unavailable(error) || this.onRedisError !== 'memory') throw error
+      if (!isConnectionError(error) || this.onRedisError !== 'memory') throw error
       return this.#memoryPeek(id)
     }
   }
@@ -207,7 +207,7 @@ export class RateLimitPolicy {
       const args = [cost, ...this.limits.map((l) => l.points)]
       await this.#kit.hub.exec((redis) => REFUND.run(redis, counters, args))
     } catch (error) {
-      if (!unavailable(error) || this.onRedisError !== 'memory') throw error
+      if (!isConnectionError(error) || this.onRedisError !== 'memory') throw error
     }
   }
 
@@ -357,15 +357,6 @@ export class RateLimitPolicy {
     }
     return { allowed, retryAfterMs: 0, limits, violated: [], blocked: false, source: 'memory' }
   }
-}
-
-/**
- * Redis cannot serve this key now: a connection failure, or a Cluster redirection that ioredis
- * could not follow (it follows MOVED/ASK itself; one that reaches us points at a node that is
- * down while the survivors still assign it the slot).
- */
-function unavailable(error: unknown): boolean {
-  return isConnectionError(error) || (error instanceof Error && /^(MOVED|ASK) /.test(error.message))
 }
 
 /** A key as stored: strings longer than {@link MAX_KEY_LENGTH} are replaced by their SHA-256. */

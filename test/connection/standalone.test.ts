@@ -225,6 +225,7 @@ describe('building blocks', () => {
     expect(
       isConnectionError(new Error('WRONGTYPE Operation against a key holding the wrong kind of value')),
     ).toBe(false)
+    expect(isConnectionError(new Error('MOVED 3999 127.0.0.1:7002'))).toBe(true)
     expect(isConnectionError('a string')).toBe(false)
   })
 })
