@@ -43,26 +43,6 @@ export {
   SingleFlight,
 } from './cache/index.js'
 export type { EncodeOptions } from './codec/index.js'
-export type {
-  CachedPoolOptions,
-  CachedPoolQueryOptions,
-  CachedQueryResult,
-  PgQueryable,
-  PgResultLike,
-  QueryCacheOptions,
-  QueryOptions,
-  QueryParams,
-} from './query-cache/index.js'
-export {
-  CachedPool,
-  cachedPool,
-  isEmptyResult,
-  looksLikeRead,
-  normalizeQuery,
-  QUERY_CACHE_DEFAULTS,
-  QueryCache,
-  queryKey,
-} from './query-cache/index.js'
 export { decode, encode } from './codec/index.js'
 export type {
   BreakerOptions,
@@ -104,6 +84,26 @@ export type {
   UsingOptions,
 } from './lock/index.js'
 export { createLocks, IdempotencyStore, LOCKS_DEFAULTS, Lock, Locks } from './lock/index.js'
+export type {
+  CachedPoolOptions,
+  CachedPoolQueryOptions,
+  CachedQueryResult,
+  PgQueryable,
+  PgResultLike,
+  QueryCacheOptions,
+  QueryOptions,
+  QueryParams,
+} from './query-cache/index.js'
+export {
+  CachedPool,
+  cachedPool,
+  isEmptyResult,
+  looksLikeRead,
+  normalizeQuery,
+  QUERY_CACHE_DEFAULTS,
+  QueryCache,
+  queryKey,
+} from './query-cache/index.js'
 export type {
   BlockOptions,
   ConsumeOptions,

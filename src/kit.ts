@@ -4,10 +4,10 @@ import { type RedkitOptions, resolveConfig } from './connection/config.js'
 import { ConnectionHub, type HealthReport, type RedisClient } from './connection/hub.js'
 import { type RedkitEventName, RedkitEvents, type RedkitListener } from './events.js'
 import { KeySpace } from './keys.js'
-import { QueryCache } from './query-cache/index.js'
-import { Sessions } from './session/index.js'
 import { Locks } from './lock/index.js'
+import { QueryCache } from './query-cache/index.js'
 import { RateLimits } from './rate-limit/index.js'
+import { Sessions } from './session/index.js'
 
 /**
  * One kit per process: the shared Redis connection hub, the key space and the event bus, plus
