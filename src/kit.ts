@@ -31,7 +31,7 @@ export class Redkit {
     this.hub = new ConnectionHub(config, this.events)
   }
 
-  // Modules: each is created on first use, on this kit's hub. Add one lazy getter per module here.
+  // Modules: each is created on first use, on this kit's hub.
 
   #sessions: Sessions | undefined
   /** Programmatic sessions and per-user session control (`kit.sessions.revokeAllForUser(id)`). */

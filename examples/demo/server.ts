@@ -31,7 +31,21 @@ app.use('/dashboard', analyticsDashboard(kit, { title: 'redkit demo analytics' }
 // --- analytics ---
 
 app.get('/', (_req, res) => {
-  res.json({ name: 'redkit demo', try: ['/healthz', '/visits'] })
+  res.json({
+    name: 'redkit demo',
+    try: {
+      'GET /healthz': 'health of the shared Redis connection',
+      'GET /visits': "the app's own command on kit.redis",
+      'GET /slow-report': 'response cache (X-Cache: MISS, then HIT)',
+      'GET /report': 'kit.cached() memoized function',
+      'GET /api/quote': 'rate limited: 5 per 10 s and 100 per day, RateLimit headers',
+      'POST /login': 'brute-force protection of a login form',
+      'POST /payments': 'Idempotency-Key required; retries get the stored response',
+      'POST /reports/:name/build': 'route lock: one build at a time across instances',
+      'POST /account/login, GET /account/sessions': 'sessions with per-user control',
+      'GET /dashboard, GET /metrics': 'analytics charts and Prometheus metrics',
+    },
+  })
 })
 
 // The app's own commands use the shared client.
