@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import type { Request, RequestHandler, Response } from 'express'
 import type { Duration, Redkit, StoredResponse } from '../src/index.js'
 import { ConfigError, IdempotencyStore, isConnectionError, parseDuration } from '../src/index.js'
-import { sendProblem } from './problem.js'
+import { sendProblem, sendUnavailable } from './problem.js'
 
 /** Options of {@link idempotency}. */
 export interface IdempotencyOptions {
@@ -259,12 +259,11 @@ export function idempotency(kit: Redkit, options: IdempotencyOptions = {}): Requ
       begun = await store.begin(scope, key, fingerprint, o.leaseMs)
     } catch (error) {
       if (!isConnectionError(error)) return next(error)
-      res.setHeader('Retry-After', '1')
-      sendProblem(res, {
-        status: 503,
-        title: 'Idempotency store unavailable',
-        detail: 'The request was not processed; retry it with the same Idempotency-Key shortly.',
-      })
+      sendUnavailable(
+        res,
+        'Idempotency store unavailable',
+        'The request was not processed; retry it with the same Idempotency-Key shortly.',
+      )
       return
     }
 

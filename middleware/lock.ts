@@ -1,7 +1,7 @@
 import type { Request, RequestHandler, Response } from 'express'
 import type { Duration, Lock, Locks, Redkit } from '../src/index.js'
 import { ConfigError, LockBusyError, LockUnavailableError, parseDuration } from '../src/index.js'
-import { sendProblem } from './problem.js'
+import { sendProblem, sendUnavailable } from './problem.js'
 
 /** Options of {@link lockRoute}. */
 export interface LockRouteOptions {
@@ -103,8 +103,7 @@ export function lockRoute(kit: Redkit, options: LockRouteOptions): RequestHandle
         return
       }
       if (error instanceof LockUnavailableError) {
-        res.setHeader('Retry-After', '1')
-        sendProblem(res, { status: 503, title: 'Lock service unavailable', detail: 'Try again shortly.' })
+        sendUnavailable(res, 'Lock service unavailable', 'Try again shortly.')
         return
       }
       next(error)

@@ -32,3 +32,15 @@ export function sendProblem(res: Response, problem: Problem): void {
   res.setHeader('Cache-Control', 'no-store')
   res.end(body)
 }
+
+/**
+ * Sends `503 Service Unavailable` as problem+json with `Retry-After: 1`: what every middleware that
+ * fails closed answers when Redis cannot be reached.
+ *
+ * @example
+ * if (isConnectionError(error)) return sendUnavailable(res, 'Session store unavailable', 'Try again shortly.')
+ */
+export function sendUnavailable(res: Response, title: string, detail: string): void {
+  if (!res.headersSent) res.setHeader('Retry-After', '1')
+  sendProblem(res, { status: 503, title, detail })
+}

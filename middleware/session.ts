@@ -14,7 +14,7 @@ import {
   SessionRepository as Repository,
   resolveSessionsOptions,
 } from '../src/session/index.js'
-import { sendProblem } from './problem.js'
+import { sendProblem, sendUnavailable } from './problem.js'
 
 type Callback<T = void> = (error: unknown, value?: T) => void
 type AnySession = SessionData & Record<string, unknown>
@@ -625,12 +625,11 @@ export function session(kit: Redkit, options: SessionOptions): RequestHandler {
   function fail(res: Response, next: NextFunction, error: unknown): void {
     if (isConnectionError(error)) {
       if (kit.events.has('session:unavailable')) kit.events.emit('session:unavailable', {})
-      res.setHeader('Retry-After', '1')
-      sendProblem(res, {
-        status: 503,
-        title: 'Session store unavailable',
-        detail: 'Sessions cannot be read or saved right now; try again in a moment.',
-      })
+      sendUnavailable(
+        res,
+        'Session store unavailable',
+        'Sessions cannot be read or saved right now; try again in a moment.',
+      )
       return
     }
     if (error instanceof SessionTooLargeError) {

@@ -71,6 +71,7 @@ export {
 } from './errors.js'
 export type { RedisAddress, RedkitEventMap, RedkitEventName, RedkitListener, TopologyKind } from './events.js'
 export { RedkitEvents } from './events.js'
+export { HOP_BY_HOP_FIELDS } from './http-cache/index.js'
 export { KeySpace, keyPart, ModuleKeys } from './keys.js'
 export { createRedkit, Redkit } from './kit.js'
 export type {

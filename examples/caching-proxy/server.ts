@@ -8,7 +8,7 @@
 import { request as httpRequest, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http'
 import { request as httpsRequest } from 'node:https'
 import express from 'express'
-import { createRedkit } from 'redkit'
+import { createRedkit, HOP_BY_HOP_FIELDS } from 'redkit'
 import { responseCache, sendProblem } from 'redkit/middleware'
 import { demoRedisUrl } from '../demo/redis.js'
 
@@ -25,26 +25,13 @@ const { url: redisUrl, source } = await demoRedisUrl()
 const kit = createRedkit({ redis: redisUrl, prefix: process.env.REDKIT_PREFIX ?? 'proxy' })
 kit.on('error', ({ error, connection }) => console.warn(`[redis ${connection}] ${error.message}`))
 
-// RFC 9110 §7.6.1: hop-by-hop fields are not forwarded.
-const HOP_BY_HOP = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'proxy-connection',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-])
-
 function forwardable(headers: IncomingHttpHeaders): OutgoingHttpHeaders {
   const out: OutgoingHttpHeaders = {}
   const listed = String(headers.connection ?? '')
     .split(',')
     .map((h) => h.trim().toLowerCase())
   for (const [name, value] of Object.entries(headers)) {
-    if (value === undefined || HOP_BY_HOP.has(name) || listed.includes(name)) continue
+    if (value === undefined || HOP_BY_HOP_FIELDS.has(name) || listed.includes(name)) continue
     out[name] = value
   }
   return out

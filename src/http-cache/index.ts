@@ -17,6 +17,7 @@ export {
   currentAge,
   decideStore,
   evaluate,
+  HOP_BY_HOP_FIELDS,
   NOT_MODIFIED_HEADERS,
   notModified,
   onlyIfCached,

@@ -38,8 +38,8 @@ export type StoreDecision =
       staleMs: number
     }
 
-/** Fields a cache never stores or replays: hop-by-hop (RFC 9110 §7.6.1) and computed ones. */
-const NOT_STORED = new Set([
+/** Hop-by-hop fields (RFC 9110 §7.6.1): meaningful for one connection, never forwarded or stored. */
+export const HOP_BY_HOP_FIELDS: ReadonlySet<string> = new Set([
   'connection',
   'keep-alive',
   'proxy-authenticate',
@@ -49,10 +49,10 @@ const NOT_STORED = new Set([
   'trailer',
   'transfer-encoding',
   'upgrade',
-  'age',
-  'content-length',
-  'set-cookie',
 ])
+
+/** Fields a cache never stores or replays: hop-by-hop and computed ones. */
+const NOT_STORED = new Set([...HOP_BY_HOP_FIELDS, 'age', 'content-length', 'set-cookie'])
 
 /** Headers of a response: status and header fields as `res.getHeaders()` gives them. */
 export interface ResponseHead {

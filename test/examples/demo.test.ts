@@ -43,7 +43,7 @@ describe('npm run demo', () => {
   })
 
   it('serves every module on one kit', async () => {
-    expect((await (await fetch(`${base}/healthz`)).json()).status).toBe('ok')
+    expect(((await (await fetch(`${base}/healthz`)).json()) as { status: string }).status).toBe('ok')
 
     const first = await fetch(`${base}/slow-report`)
     const second = await fetch(`${base}/slow-report`)
