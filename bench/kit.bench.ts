@@ -6,7 +6,9 @@
  */
 import { Redis } from 'ioredis'
 import { createRedkit } from '../src/index.js'
+import { KEY as HTTP_KEY } from './kit.cases.js'
 import { CONNECTIONS, DURATION_S, pin, WARMUP_S } from './lib/env.js'
+import { measureHttp } from './lib/http.js'
 import { benchRedis } from './lib/redis.js'
 import { type Measurement, printTable, twoPasses } from './lib/table.js'
 
@@ -99,8 +101,26 @@ export default async function kitBench(): Promise<void> {
       }
     })
     printTable('kit: 2 KB GET, in-process, concurrent loops', rows, 'ioredis autopipeline+timeout')
-  } finally {
     pin(process.pid, 1)
+
+    await seed.set(HTTP_KEY, 'y'.repeat(2048))
+    const http = (name: string) => ({
+      name,
+      module: 'bench/kit.cases.ts',
+      path: '/',
+      context: { url: redis.url },
+    })
+    const httpRows = await twoPasses(
+      [
+        http('express + ioredis GET'),
+        http('express + ioredis GET (autopipeline)'),
+        http('express + kit.hub.exec GET'),
+        http('express + kit.hub.exec GET (autoPipelining: false)'),
+      ],
+      measureHttp,
+    )
+    printTable('kit over HTTP: Express route answering one 2 KB GET', httpRows, 'express + ioredis GET')
+  } finally {
     await seed.quit()
     await redis.stop()
   }

@@ -10,6 +10,12 @@ import { sentinelOptions } from './sentinel.js'
 /** Either kind of ioredis client. */
 export type RedisClient = Redis | Cluster
 
+/** A module command waiting for Redis. */
+interface InFlight {
+  started: number
+  reject: (error: unknown) => void
+}
+
 /** A pub/sub message handler. `message` is the raw payload. */
 export type MessageHandler = (message: string, channel: string) => void
 
@@ -68,6 +74,9 @@ export class ConnectionHub {
   readonly #dedicated = new Map<string, RedisClient>()
   readonly #handlers = new Map<string, Set<MessageHandler>>()
   readonly #subscribing = new Map<string, Promise<void>>()
+  readonly #inflight = new Set<InFlight>()
+  readonly #sweepEveryMs: number
+  #sweeper: NodeJS.Timeout | undefined
   readonly #closeHooks: Array<() => unknown> = []
   #closing: Promise<void> | null = null
   #listening = false
@@ -76,6 +85,7 @@ export class ConnectionHub {
   constructor(config: ResolvedConfig, events: RedkitEvents) {
     this.#events = events
     this.commandTimeoutMs = config.commandTimeoutMs
+    this.#sweepEveryMs = Math.max(5, Math.min(100, Math.round(config.commandTimeoutMs / 10)))
     this.#breaker = config.breaker
       ? new CircuitBreaker(config.breaker.threshold, config.breaker.cooldownMs, (state, failures) =>
           events.emit('breaker', { state, failures }),
@@ -126,38 +136,55 @@ export class ConnectionHub {
     }
     // The bound runs from the call, not from when ioredis sends the command: ioredis Cluster
     // queues commands without a timeout while no node is reachable, and an auto-pipeline waits
-    // (untimed) behind one still in flight on a socket that just died.
-    let promise = withTimeout(operation(this.client), this.commandTimeoutMs)
-    if (this.#events.has('command')) promise = this.#timed(promise)
-    return breaker
-      ? promise.then(this.#onSuccess as (v: T) => T, this.#onFailure)
-      : promise.then(undefined, this.#onFailure)
+    // (untimed) behind one still in flight on a socket that just died. One sweeping timer per hub
+    // enforces it, so a command costs no timer of its own.
+    return new Promise<T>((resolve, reject) => {
+      const call: InFlight = { started: performance.now(), reject }
+      this.#inflight.add(call)
+      this.#sweeper ??= setInterval(this.#sweep, this.#sweepEveryMs).unref()
+      let promise: Promise<T>
+      try {
+        promise = operation(this.client)
+      } catch (error) {
+        this.#inflight.delete(call)
+        reject(error)
+        return
+      }
+      promise.then(
+        (value) => {
+          if (!this.#inflight.delete(call)) return
+          this.#settled(call, true)
+          resolve(value)
+        },
+        (error: unknown) => {
+          if (!this.#inflight.delete(call)) return
+          this.#settled(call, false)
+          reject(this.#failure(error))
+        },
+      )
+    })
   }
 
-  // Preallocated so that exec() allocates no closure per command.
-  readonly #onSuccess = <T>(value: T): T => {
-    this.#breaker?.success()
-    return value
+  /** Fails the calls past the command timeout; calls sit in start order, so it stops at the first live one. */
+  readonly #sweep = (): void => {
+    const expired = performance.now() - this.commandTimeoutMs
+    for (const call of this.#inflight) {
+      if (call.started > expired) break
+      this.#inflight.delete(call)
+      this.#settled(call, false)
+      call.reject(this.#failure(new Error('Command timed out')))
+    }
+    if (this.#inflight.size === 0 && this.#sweeper) {
+      clearInterval(this.#sweeper)
+      this.#sweeper = undefined
+    }
   }
 
-  readonly #onFailure = (error: unknown): never => {
-    throw this.#failure(error)
-  }
-
-  #timed<T>(promise: Promise<T>): Promise<T> {
-    const started = performance.now()
-    const report = (ok: boolean) =>
-      this.#events.emit('command', { durationMs: performance.now() - started, ok })
-    return promise.then(
-      (value) => {
-        report(true)
-        return value
-      },
-      (error: unknown) => {
-        report(false)
-        throw error
-      },
-    )
+  #settled(call: InFlight, ok: boolean): void {
+    if (ok) this.#breaker?.success()
+    if (this.#events.has('command')) {
+      this.#events.emit('command', { durationMs: performance.now() - call.started, ok })
+    }
   }
 
   /** Counts a failure for the breaker and wraps connection failures in `ConnectionError`. */
