@@ -22,6 +22,9 @@ afterAll(async () => {
 })
 
 interface WriteLog {
+  /** When the write was issued (a reply in flight at the kill must not count as recovery). */
+  issued: number
+  /** When it settled. */
   at: number
   ok: boolean
 }
@@ -32,13 +35,14 @@ function writeLoop(k: Redkit, key: string, everyMs = 10): { log: WriteLog[]; sto
   let running = true
   const done = (async () => {
     while (running) {
+      const issued = performance.now()
       const ok = await k.hub
         .exec((r) => r.incr(key))
         .then(
           () => true,
           () => false,
         )
-      log.push({ at: performance.now(), ok })
+      log.push({ issued, at: performance.now(), ok })
       await new Promise((r) => setTimeout(r, everyMs))
     }
   })()
@@ -68,6 +72,26 @@ async function waitUntilAsync(check: () => Promise<boolean>, timeoutMs: number):
   }
 }
 
+/** Plain subscribers on every sentinel: the first `+switch-master` any of them announces. */
+async function watchSwitch(): Promise<{ readonly switchedAt: number; close: () => void }> {
+  let switchedAt = 0
+  const clients = group.sentinels.map((s) => new Redis({ host: '127.0.0.1', port: s.port }))
+  for (const client of clients) {
+    client.on('message', (channel: string) => {
+      if (channel === '+switch-master' && switchedAt === 0) switchedAt = performance.now()
+    })
+    await client.subscribe('+switch-master')
+  }
+  return {
+    get switchedAt() {
+      return switchedAt
+    },
+    close: () => {
+      for (const client of clients) client.disconnect()
+    },
+  }
+}
+
 describe('kit through Redis Sentinel', () => {
   it('talks to the master the sentinels name and reports it in health', async () => {
     const key = kit.keys.module('app').key('hello')
@@ -89,26 +113,20 @@ describe('kit through Redis Sentinel', () => {
     const loop = writeLoop(kit, key)
     await waitUntil(() => loop.log.filter((w) => w.ok).length >= 20, 10_000)
 
-    // A plain subscriber on one sentinel tells when the sentinels switched the master.
-    const watcher = new Redis({ host: '127.0.0.1', port: group.sentinels[0]!.port })
-    let switchedAt = 0
-    watcher.on('message', (channel: string) => {
-      if (channel === '+switch-master' && switchedAt === 0) switchedAt = performance.now()
-    })
-    await watcher.subscribe('+switch-master')
+    const watcher = await watchSwitch()
 
     const killedAt = performance.now()
     await group.master.kill('SIGKILL')
-    await waitUntil(() => loop.log.some((w) => w.at > killedAt && w.ok), 60_000)
-    const firstOk = loop.log.find((w) => w.at > killedAt && w.ok)!
-    const failedWrites = loop.log.filter((w) => w.at > killedAt && !w.ok).length
-    await waitUntil(() => loop.log.filter((w) => w.at > firstOk.at && w.ok).length >= 20, 10_000)
+    await waitUntil(() => loop.log.some((w) => w.issued > killedAt && w.ok), 60_000)
+    const firstOk = loop.log.find((w) => w.issued > killedAt && w.ok)!
+    const failedWrites = loop.log.filter((w) => w.issued > killedAt && !w.ok).length
+    await waitUntil(() => loop.log.filter((w) => w.issued > firstOk.at && w.ok).length >= 20, 10_000)
     await loop.stop()
 
-    watcher.disconnect()
+    watcher.close()
 
     const stallMs = Math.round(firstOk.at - killedAt)
-    const afterSwitchMs = switchedAt ? Math.round(firstOk.at - switchedAt) : Number.NaN
+    const afterSwitchMs = watcher.switchedAt ? Math.round(firstOk.at - watcher.switchedAt) : Number.NaN
     console.log(
       `[sentinel failover] stall from SIGKILL of the master to the first successful write: ${stallMs} ms; ` +
         `${afterSwitchMs} ms after the sentinels announced +switch-master ` +
@@ -125,7 +143,7 @@ describe('kit through Redis Sentinel', () => {
       to: { port: group.replica.port },
     })
     // Every write after the first success went to the new master, which accepts writes.
-    expect(loop.log.filter((w) => w.at > firstOk.at).every((w) => w.ok)).toBe(true)
+    expect(loop.log.filter((w) => w.issued > firstOk.at).every((w) => w.ok)).toBe(true)
     expect(
       Number(await rawCommand(group.replica.port, `GET ${key}`).then((r) => r.split('\r\n')[1])),
     ).toBeGreaterThan(0)
@@ -143,12 +161,7 @@ describe('kit through Redis Sentinel', () => {
       return reply.includes(String(group.master.port)) && !/s_down|disconnected/.test(reply)
     }, 30_000)
 
-    const watcher = new Redis({ host: '127.0.0.1', port: group.sentinels[0]!.port })
-    let switchedAt = 0
-    watcher.on('message', (channel: string) => {
-      if (channel === '+switch-master' && switchedAt === 0) switchedAt = performance.now()
-    })
-    await watcher.subscribe('+switch-master')
+    const watcher = await watchSwitch()
     const key = kit.keys.module('app').key('hang-counter')
     const loop = writeLoop(kit, key)
     await waitUntil(() => loop.log.filter((w) => w.ok).length >= 20, 10_000)
@@ -156,13 +169,16 @@ describe('kit through Redis Sentinel', () => {
     const pausedAt = performance.now()
     group.replica.pause() // the current master: its sockets stay open, it answers nothing
     try {
-      await waitUntil(() => switchedAt > 0 && loop.log.some((w) => w.at > switchedAt && w.ok), 60_000)
+      await waitUntil(
+        () => watcher.switchedAt > 0 && loop.log.some((w) => w.issued > watcher.switchedAt && w.ok),
+        60_000,
+      )
     } finally {
       await loop.stop()
-      watcher.disconnect()
+      watcher.close()
     }
-    const firstOk = loop.log.find((w) => w.at > switchedAt && w.ok)!
-    const afterSwitchMs = Math.round(firstOk.at - switchedAt)
+    const firstOk = loop.log.find((w) => w.issued > watcher.switchedAt && w.ok)!
+    const afterSwitchMs = Math.round(firstOk.at - watcher.switchedAt)
     console.log(
       `[sentinel failover, hung master] first successful write ${Math.round(firstOk.at - pausedAt)} ms after SIGSTOP, ` +
         `${afterSwitchMs} ms after +switch-master (failover detector on)`,
