@@ -3,9 +3,9 @@ import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { Router } from 'express'
 import type { Duration, Redkit, SeriesPoint } from '../src/index.js'
-import { ConfigError, parseDuration } from '../src/index.js'
+import { ConfigError, isConnectionError, parseDuration } from '../src/index.js'
 import { DASHBOARD_SCRIPT, dashboardHtml } from './analytics-dashboard-page.js'
-import { sendProblem } from './problem.js'
+import { sendUnavailable } from './problem.js'
 
 /** Options of {@link analyticsDashboard}. */
 export interface AnalyticsDashboardOptions {
@@ -175,17 +175,18 @@ export function analyticsDashboard(kit: Redkit, options: AnalyticsDashboardOptio
     res.setHeader('Cache-Control', 'no-cache')
     res.end(DASHBOARD_SCRIPT)
   })
-  router.get('/data', async (_req, res) => {
+  router.get('/data', async (_req, res, next) => {
     try {
       const data = await dashboardData(kit)
       res.setHeader('Cache-Control', 'no-store')
       res.json(data)
     } catch (error) {
-      sendProblem(res, {
-        status: 503,
-        title: 'Analytics unavailable',
-        detail: `Redis could not answer: ${(error as Error).message}`,
-      })
+      if (!isConnectionError(error)) return next(error)
+      sendUnavailable(
+        res,
+        'Analytics unavailable',
+        'Redis cannot answer right now; the dashboard retries by itself.',
+      )
     }
   })
   return router

@@ -4,7 +4,7 @@ import type { LoginGuardOptions, RateLimitPolicyOptions, RateLimitResult, Redkit
 import { ConfigError, ipKey, LoginGuard, normalizeCost, rateLimitField } from '../src/index.js'
 import { legacyHeaders, retryAfterSeconds } from '../src/rate-limit/headers.js'
 import { checkStaticCost } from '../src/rate-limit/options.js'
-import { sendProblem } from './problem.js'
+import { sendProblem, sendUnavailable } from './problem.js'
 
 /** Draft-ietf-httpapi-ratelimit-headers-11 §5.1: the "quota-exceeded" problem type. */
 const QUOTA_EXCEEDED = 'https://iana.org/assignments/http-problem-types#quota-exceeded'
@@ -254,11 +254,11 @@ export function rateLimit(kit: Redkit, options: RateLimitOptions = {}): RequestH
       if (result.allowed) return next()
       res.setHeader('Retry-After', String(retryAfterSeconds(result)))
       if (result.source === 'fail-closed') {
-        sendProblem(res, {
-          status: 503,
-          title: 'Service Unavailable',
-          detail: 'The rate limiter cannot reach its store; try again shortly.',
-        })
+        sendUnavailable(
+          res,
+          'Service Unavailable',
+          'The rate limiter cannot reach its store; try again shortly.',
+        )
         return
       }
       sendProblem(res, {
@@ -331,13 +331,38 @@ export function loginProtection(kit: Redkit, options: LoginProtectionOptions = {
       'write 64',
     )
   }
-  const failureStatuses = new Set(options.failureStatuses ?? [401, 403])
+  if (options.username !== undefined && typeof options.username !== 'function') {
+    throw new ConfigError(
+      'loginProtection.username',
+      'must be a function of the request',
+      'write (req) => req.body?.email',
+    )
+  }
+  const statuses = options.failureStatuses ?? [401, 403]
+  if (!Array.isArray(statuses) || !statuses.every((s) => Number.isInteger(s) && s >= 400 && s < 600)) {
+    throw new ConfigError(
+      'loginProtection.failureStatuses',
+      `must be a list of 4xx/5xx status codes, got ${JSON.stringify(statuses)}`,
+      'write [401, 403]',
+    )
+  }
+  const failureStatuses = new Set(statuses)
   const report = (error: unknown) =>
     kit.events.emit('error', { error: error as Error, connection: 'ratelimit' })
 
   return async function loginProtectionMiddleware(req, res, next) {
     try {
       const attempt = await guard.attempt(username(req), ipKey(req.ip, ipv6Subnet))
+      const { ip, userIp } = attempt.results
+      if (ip.source === 'fail-closed' || userIp?.source === 'fail-closed') {
+        // onRedisError 'closed': the budgets cannot be checked, which is not a brute-force block.
+        sendUnavailable(
+          res,
+          'Service Unavailable',
+          'Login attempts cannot be checked right now; try again shortly.',
+        )
+        return
+      }
       if (!attempt.allowed) {
         res.setHeader('Retry-After', String(Math.max(1, Math.ceil(attempt.retryAfterMs / 1000))))
         sendProblem(res, {

@@ -609,14 +609,10 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
     })
     if (led) return flight
     // Followers: wait for the leader (bounded), then read what it stored.
-    let timer: NodeJS.Timeout | undefined
-    await Promise.race([
+    await withDeadline(
       flight.catch(() => undefined),
-      new Promise<void>((r) => {
-        timer = setTimeout(r, o.waitMs)
-      }),
-    ])
-    clearTimeout(timer)
+      o.waitMs,
+    )
     try {
       if (await answerFromStore(req, res, lk.primary, false)) return
     } catch {

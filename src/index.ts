@@ -72,7 +72,7 @@ export {
 export type { RedisAddress, RedkitEventMap, RedkitEventName, RedkitListener, TopologyKind } from './events.js'
 export { RedkitEvents } from './events.js'
 export { HOP_BY_HOP_FIELDS } from './http-cache/index.js'
-export { KeySpace, keyPart, ModuleKeys } from './keys.js'
+export { KeySpace, keyPart, ModuleKeys, scanPattern } from './keys.js'
 export { createRedkit, Redkit } from './kit.js'
 export type {
   AcquireOptions,

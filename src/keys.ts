@@ -12,6 +12,11 @@ export function keyPart(part: string | number): string {
   return SPECIAL.test(text) ? text.replace(SPECIAL_ALL, (c) => ESCAPES[c] ?? c) : text
 }
 
+/** SCAN `MATCH` pattern for every key that starts with `start` (its glob characters escaped). */
+export function scanPattern(start: string): string {
+  return `${start.replace(/[*?[\]\\]/g, '\\$&')}*`
+}
+
 /**
  * Builds the keys of one module: `prefix:module:part:part`. Keys that one Lua script or
  * multi-key command touches together use {@link ModuleKeys.tagged}, which puts a hash tag right
@@ -47,7 +52,7 @@ export class ModuleKeys {
 
   /** SCAN `MATCH` pattern for every key of the module (glob characters in the prefix escaped). */
   pattern(): string {
-    return `${this.base.replace(/[*?[\]\\]/g, '\\$&')}*`
+    return scanPattern(this.base)
   }
 }
 

@@ -28,21 +28,31 @@ export class CacheBus {
     this.#onReconnect = onReconnect
   }
 
-  /** Subscribes once; failures are reported as kit `error` events (the hub resubscribes on reconnect). */
+  /**
+   * Subscribes once; a failed SUBSCRIBE is reported as a kit `error` event and retried every
+   * second until it succeeds (then memory is dropped, as after any outage).
+   */
   start(): Promise<void> {
     this.#subscribed ??= this.#start()
     return this.#subscribed
   }
 
-  async #start(): Promise<void> {
+  async #start(attempt = 0): Promise<void> {
     if (this.#kit.hub.closed) return
     try {
       this.#unsubscribe = await this.#kit.hub.subscribe(this.channel, (raw) => this.#receive(raw))
       // The subscription is live now, so every later `ready` follows an outage during which
       // messages may have been missed.
       this.#kit.hub.dedicated('subscriber').on('ready', this.#onReconnect)
+      // Whatever memory took in while no subscription listened may have missed invalidations.
+      if (attempt > 0) this.#onReconnect()
     } catch (error) {
       this.#kit.events.emit('error', { error: error as Error, connection: 'cache-bus' })
+      // Without the bus this instance would miss every invalidation: keep trying, quietly.
+      const retry = setTimeout(() => {
+        this.#subscribed = this.#start(attempt + 1)
+      }, 1000)
+      retry.unref()
     }
   }
 

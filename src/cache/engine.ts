@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto'
 import { decode, encode } from '../codec/index.js'
 import { isConnectionError } from '../connection/hub.js'
 import { CodecError } from '../errors.js'
-import { keyPart, type ModuleKeys } from '../keys.js'
+import { keyPart, type ModuleKeys, scanPattern } from '../keys.js'
 import type { Redkit } from '../kit.js'
 import { type Duration, parseDuration } from '../util/duration.js'
 import { LuaScript } from '../util/script.js'
@@ -369,7 +369,7 @@ export class CacheEngine {
    */
   async clear(): Promise<number> {
     this.#core.memory?.deletePrefix(this.#base)
-    const pattern = `${this.#base.replace(/[*?[\]\\]/g, '\\$&')}*`
+    const pattern = scanPattern(this.#base)
     let removed = 0
     await this.#kit.hub.scan(pattern, async (keys) => {
       // One UNLINK per key: keys of one node may still sit in different Cluster slots.

@@ -79,6 +79,9 @@ export class ConnectionHub {
   #sweeper: NodeJS.Timeout | undefined
   readonly #closeHooks: Array<() => unknown> = []
   #closing: Promise<void> | null = null
+  /** Set once the close hooks have run: from then on module commands are refused. */
+  #ended = false
+  #closeCalled = false
   #listening = false
   #master: RedisAddress | undefined
 
@@ -124,8 +127,8 @@ export class ConnectionHub {
    * const value = await hub.exec((redis) => redis.get(key))
    */
   exec<T>(operation: (client: RedisClient) => Promise<T>): Promise<T> {
-    if (this.#closing)
-      return Promise.reject(new ConnectionError('The redkit kit is closed; create a new one.'))
+    // Close hooks (final flushes) still run their commands; everything after them is refused.
+    if (this.#ended) return Promise.reject(new ConnectionError('The redkit kit is closed; create a new one.'))
     const breaker = this.#breaker
     if (breaker && !breaker.allow()) {
       return Promise.reject(
@@ -146,8 +149,9 @@ export class ConnectionHub {
       try {
         promise = operation(this.client)
       } catch (error) {
+        // A synchronous throw (bad arguments) still settles the breaker's trial, if this was it.
         this.#inflight.delete(call)
-        reject(error)
+        reject(this.#failure(error))
         return
       }
       promise.then(
@@ -210,7 +214,7 @@ export class ConnectionHub {
   dedicated(purpose: string): RedisClient {
     let client = this.#dedicated.get(purpose)
     if (!client) {
-      if (this.#closing) throw new ConnectionError('The redkit kit is closed; create a new one.')
+      if (this.#ended) throw new ConnectionError('The redkit kit is closed; create a new one.')
       client = duplicate(this.client, purpose)
       this.#dedicated.set(purpose, client)
       this.#watch(client, purpose)
@@ -297,7 +301,7 @@ export class ConnectionHub {
 
   /** True once `close()` was called. */
   get closed(): boolean {
-    return this.#closing !== null
+    return this.#closeCalled
   }
 
   /**
@@ -305,6 +309,8 @@ export class ConnectionHub {
    * have been answered (bounded by the command timeout). Safe to call more than once.
    */
   close(): Promise<void> {
+    // Set before the hooks run (they start synchronously), so they already see a closed kit.
+    this.#closeCalled = true
     this.#closing ??= this.#close()
     return this.#closing
   }
@@ -317,6 +323,7 @@ export class ConnectionHub {
         this.#events.emit('error', { error: error as Error, connection: 'close' })
       }
     }
+    this.#ended = true
     const clients = [...this.#dedicated.values()]
     if (this.owned) clients.push(this.client)
     await Promise.all(clients.map((client) => this.#end(client)))

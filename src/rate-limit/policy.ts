@@ -5,7 +5,7 @@ import { isConnectionError } from '../connection/hub.js'
 import type { ModuleKeys } from '../keys.js'
 import type { Redkit } from '../kit.js'
 import type { ResolvedLimit, ResolvedPolicy } from './options.js'
-import { CONSUME, PEEK, REFUND } from './scripts.js'
+import { BLOCK, CONSUME, PEEK, REFUND } from './scripts.js'
 
 declare module '../events.js' {
   interface RedkitEventMap {
@@ -183,16 +183,22 @@ export class RateLimitPolicy {
   /**
    * Blocks `key` for `durationMs` on every instance and remembers it here, so this instance
    * rejects it without a Redis call. As in rate-limiter-flexible, the block is a counter set above
-   * its points for the duration: the one of the shortest window, whose count matters least.
+   * its points: the one of the shortest window, whose count matters least. Unlike there, a block
+   * never ends before that window does (it would hand out a fresh window early), so it lasts
+   * `durationMs` or until the window ends, whichever is later.
    */
   async block(key: string | number, durationMs: number): Promise<void> {
     const id = normalizeKey(key)
     if (durationMs <= 0) return
+    // Remembered first: this instance keeps the block even if Redis cannot take it now.
     this.#rememberBlock(id, durationMs)
     const index = this.#shortest
     const counter = this.#redisKeys(id)[index]!
     const points = this.limits[index]!.points
-    await this.#kit.hub.exec((redis) => redis.set(counter, points + 1, 'PX', Math.ceil(durationMs)))
+    const ms = await this.#kit.hub.exec((redis) =>
+      BLOCK.run(redis, [counter], [points + 1, Math.ceil(durationMs)]),
+    )
+    this.#rememberBlock(id, Number(ms))
   }
 
   /** Gives `cost` points back to every limit of `key` (never below zero; windows unchanged). */

@@ -104,6 +104,18 @@ export class OutboundQueue {
     }
   }
 
+  /**
+   * Rejects every waiting call with `RateLimitQueueError` and drops the queue's wake-up timers, so
+   * a closed kit leaves no caller pending and no timer holding the process. Run by `kit.close()`.
+   */
+  close(): void {
+    const limiters = (
+      this.#queue as unknown as { _queueLimiters?: Record<string, { _processFIFO?: () => void }> }
+    )._queueLimiters
+    // Processing the queue once more makes each consume() see the closed kit and reject its caller.
+    for (const limiter of Object.values(limiters ?? {})) limiter._processFIFO?.()
+  }
+
   /** Waits for room (see {@link take}), then runs `call` and returns its result. */
   async run<T>(call: () => Promise<T> | T, options: TakeOptions = {}): Promise<T> {
     await this.take(options)

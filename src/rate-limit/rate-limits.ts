@@ -99,6 +99,12 @@ export class RateLimits {
    * await q.run(() => mailer.send(message))
    */
   queue(options: QueueOptions): OutboundQueue {
-    return new OutboundQueue(this.policy(options, 'rateLimits.queue'), options, () => this.#kit.hub.closed)
+    const queue = new OutboundQueue(
+      this.policy(options, 'rateLimits.queue'),
+      options,
+      () => this.#kit.hub.closed,
+    )
+    this.#kit.hub.onClose(() => queue.close())
+    return queue
   }
 }

@@ -95,3 +95,14 @@ for i = 1, #KEYS do
 end
 return 1
 `)
+
+/**
+ * Blocks a key by hand: sets the counter above its points for ARGV[2] ms, or until its window
+ * ends if that is later, so that a block never hands out a fresh window early. KEYS[1] counter;
+ * ARGV[1] points + 1; ARGV[2] block ms. Returns the block's length in ms.
+ */
+export const BLOCK = new LuaScript(`
+local ms = math.max(tonumber(ARGV[2]), redis.call('PTTL', KEYS[1]))
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ms)
+return ms
+`)

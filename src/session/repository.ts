@@ -1,5 +1,4 @@
 import { randomBytes } from 'node:crypto'
-import { isCluster, type RedisClient } from '../connection/hub.js'
 import type { ModuleKeys } from '../keys.js'
 import type { Redkit } from '../kit.js'
 import { INDEX_LIST, INDEX_PUT, READ, REMOVE, TOUCH, WRITE } from './scripts.js'
@@ -274,14 +273,19 @@ export class SessionRepository {
     return score > 0
   }
 
-  /** Deletes a session and its index entry; returns true when it existed. */
-  async remove(id: string): Promise<boolean> {
+  /**
+   * Deletes a session and its index entry; returns true when it existed. With `expectedUser`, only
+   * a session of that user is deleted, and the caller drops its index entries.
+   */
+  async remove(id: string, expectedUser?: string): Promise<boolean> {
     const key = this.sessionKey(id)
-    const [deleted, user] = (await this.#kit.hub.exec((redis) => REMOVE.run(redis, [key], []))) as [
+    const args = expectedUser === undefined ? [] : [expectedUser]
+    const [deleted, user] = (await this.#kit.hub.exec((redis) => REMOVE.run(redis, [key], args))) as [
       number,
       string,
     ]
-    if (user !== '') {
+    // With an expected user the caller drops its own index entries in one ZREM.
+    if (user !== '' && expectedUser === undefined) {
       const index = this.indexKey(user)
       await this.#kit.hub.exec((redis) => redis.zrem(index, id))
     }
@@ -316,17 +320,7 @@ export class SessionRepository {
   async scanKeys(which: 'sessions' | 'users', count: number): Promise<string[]> {
     const pattern = (which === 'sessions' ? this.#sessions : this.#users).pattern()
     const found: string[] = []
-    // One exec per SCAN call: each gets the command timeout, not the whole listing.
-    for (const node of masters(this.#kit.hub.client)) {
-      let cursor = '0'
-      do {
-        const [next, keys] = await this.#kit.hub.exec(() =>
-          node.scan(cursor, 'MATCH', pattern, 'COUNT', count),
-        )
-        cursor = next
-        found.push(...keys)
-      } while (cursor !== '0')
-    }
+    await this.#kit.hub.scan(pattern, (keys) => found.push(...keys), count)
     return found
   }
 
@@ -354,10 +348,6 @@ function unpack(packed: unknown): RawSession | null {
 
 function isOne(reply: number): boolean {
   return reply === 1
-}
-
-function masters(redis: RedisClient) {
-  return isCluster(redis) ? redis.nodes('master') : [redis]
 }
 
 function toRaw(hash: Record<string, string>): RawSession | null {

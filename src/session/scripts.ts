@@ -108,8 +108,9 @@ return score
  * key of another type (a corrupt entry is deleted too).
  */
 export const REMOVE = new LuaScript(`local user = redis.pcall('HGET', KEYS[1], '#u')
-local deleted = redis.call('DEL', KEYS[1])
 if type(user) ~= 'string' then user = '' end
+if ARGV[1] and ARGV[1] ~= user then return {0, user} end
+local deleted = redis.call('DEL', KEYS[1])
 return {deleted, user}
 `)
 

@@ -277,7 +277,8 @@ export class Sessions {
     const keep = new Set(typeof options.except === 'string' ? [options.except] : (options.except ?? []))
     const entries = await this.repository.listIndex(user)
     const doomed = entries.filter((entry) => !keep.has(entry.id))
-    const removed = await Promise.all(doomed.map((entry) => this.repository.remove(entry.id)))
+    // An entry may be stale (its id now holds another user's session): delete only this user's.
+    const removed = await Promise.all(doomed.map((entry) => this.repository.remove(entry.id, user)))
     await this.repository.dropIndexEntries(
       user,
       doomed.map((entry) => entry.id),

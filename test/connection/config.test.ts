@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import { Redis } from 'ioredis'
 import { describe, expect, it } from 'vitest'
 import { parseAddressList, parseRedisUrl, resolveConfig } from '../../src/connection/config.js'
-import { ConfigError, keyPart, ModuleKeys, parseDuration } from '../../src/index.js'
+import { ConfigError, keyPart, ModuleKeys, parseDuration, scanPattern } from '../../src/index.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'redkit-config-'))
 function configFile(content: unknown): string {
@@ -256,5 +256,6 @@ describe('keys', () => {
     expect(keys.tagged('daily{report}', 'fence')).toBe('shop:lock:{daily%7Breport%7D}:fence')
     expect(keys.pattern()).toBe('shop:lock:*')
     expect(new ModuleKeys('a*b', 'm').pattern()).toBe('a\\*b:m:*')
+    expect(scanPattern('p?[x]:')).toBe('p\\?\\[x\\]:*')
   })
 })

@@ -155,6 +155,25 @@ describe('kit on a standalone server', () => {
     await check.quit()
   })
 
+  it('lets close hooks run their commands, even after an await, then refuses new ones', async () => {
+    const kit = kitFor()
+    const key = kit.keys.module('app').key('flushed')
+    const seen: string[] = []
+    kit.hub.onClose(async () => {
+      await new Promise((r) => setTimeout(r, 20))
+      await kit.hub.exec((r) => r.set(key, 'first hook'))
+    })
+    kit.hub.onClose(async () => {
+      seen.push(String(await kit.hub.exec((r) => r.get(key))))
+    })
+    await kit.close()
+    expect(seen).toEqual(['first hook'])
+    await expect(kit.hub.exec((r) => r.get(key))).rejects.toBeInstanceOf(ConnectionError)
+    const check = new Redis(redis.url)
+    expect(await check.get(key)).toBe('first hook')
+    await check.quit()
+  })
+
   it('leaves a client it does not own open', async () => {
     const client = new Redis(redis.url)
     await client.ping()

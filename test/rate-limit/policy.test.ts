@@ -186,6 +186,15 @@ describe('kit.rateLimits on a standalone server', () => {
     expect((await k.rateLimits.get('x', options)).limits[0]?.remaining).toBe(3)
   })
 
+  it('keeps a block by hand until the window it falls in ends, so no fresh window comes early', async () => {
+    const options = { name: 'hand-block', limits: [{ points: 3, duration: '1m' }] }
+    await kit().rateLimits.consume('y', options)
+    await kit().rateLimits.block('y', { ...options, duration: '1s' })
+    const blocked = await kit().rateLimits.consume('y', options)
+    expect(blocked).toMatchObject({ allowed: false, blocked: true })
+    expect(blocked.retryAfterMs).toBeGreaterThan(50_000)
+  })
+
   it('emits ratelimit:allowed and ratelimit:blocked with the policy name', async () => {
     const k = kit()
     const allowed: string[] = []
@@ -233,17 +242,24 @@ describe('kit.rateLimits on a standalone server', () => {
     await expect(waiting).rejects.toMatchObject({ code: 'E_RATE_LIMIT_QUEUE', policy: 'tiny' })
   })
 
-  it('fails waiting queued calls once the kit is closed', async () => {
+  it('fails waiting queued calls at once when the kit is closed, not when the window ends', async () => {
     const k = createRedkit({ redis: redis.url, prefix, configFile: false, env: {} })
     const queue = k.rateLimits.queue({
       name: 'closing',
-      limits: [{ points: 1, duration: '1s' }],
+      limits: [{ points: 1, duration: '1h' }],
       onRedisError: 'closed',
     })
     await queue.take()
-    const waiting = queue.take()
+    // Settled into a value at once: the rejection arrives during close(), before any await below.
+    const waiting = queue.take().then(
+      () => undefined,
+      (error: unknown) => error,
+    )
+    await new Promise((r) => setTimeout(r, 50)) // queued behind the hour-long window
+    const started = Date.now()
     await k.close()
-    await expect(waiting).rejects.toBeInstanceOf(RateLimitQueueError)
+    expect(await waiting).toBeInstanceOf(RateLimitQueueError)
+    expect(Date.now() - started).toBeLessThan(2000)
   })
 
   it('never lets a block end before the window it was earned in, and a refund never lifts it', async () => {

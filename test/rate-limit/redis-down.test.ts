@@ -1,7 +1,7 @@
 import express from 'express'
 import request from 'supertest'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { rateLimit } from '../../middleware/index.js'
+import { loginProtection, rateLimit } from '../../middleware/index.js'
 import { createRedkit, type OnRedisError, type Redkit } from '../../src/index.js'
 import { type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/index.js'
 
@@ -96,6 +96,26 @@ describe('Redis killed during a run', () => {
       expect(res.headers.ratelimit).toBeUndefined()
       const rest = await run(app, 4)
       expect(rest.statuses).toEqual([503, 503, 503, 503])
+    } finally {
+      await redis.server.start()
+    }
+  })
+
+  it("loginProtection with 'closed' answers 503, not a brute-force 429, while Redis is away", async () => {
+    const { kit } = setup('closed')
+    const app = express()
+    app.use(express.json())
+    app.post('/login', loginProtection(kit, { name: 'down-login', onRedisError: 'closed' }), (_req, res) => {
+      res.status(401).json({ ok: false })
+    })
+    const send = () => request(app).post('/login').send({ username: 'ann', password: 'x' })
+    expect((await send()).status).toBe(401)
+    await redis.server.kill()
+    try {
+      const res = await send()
+      expect(res.status).toBe(503)
+      expect(res.headers['retry-after']).toBe('1')
+      expect(res.body.detail).toMatch(/cannot be checked/)
     } finally {
       await redis.server.start()
     }

@@ -437,6 +437,15 @@ describe('kit.sessions', () => {
     expect(await kit.sessions.get(other)).toBeNull()
   })
 
+  it('revoking one user never deletes a session a stale index entry points to for another user', async () => {
+    const bobs = await kit.sessions.create('bob', { who: 'bob' }, { ttl: '1m' })
+    // A stale entry (left by a failed follow-up write, for example) in eve's index names bob's session.
+    await kit.redis.zadd(kit.sessions.repository.indexKey('eve'), Date.now() + 60_000, bobs)
+    expect(await kit.sessions.revokeAllForUser('eve')).toBe(0)
+    expect(await kit.sessions.get(bobs)).toMatchObject({ userId: 'bob', data: { who: 'bob' } })
+    expect(await kit.redis.zcard(kit.sessions.repository.indexKey('eve'))).toBe(0)
+  })
+
   it('rejects an oversized session and a bad ttl', async () => {
     await expect(kit.sessions.create('u', { blob: 'x'.repeat(70_000) })).rejects.toBeInstanceOf(
       SessionTooLargeError,
