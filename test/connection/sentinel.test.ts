@@ -147,7 +147,7 @@ describe('kit through Redis Sentinel', () => {
     expect(
       Number(await rawCommand(group.replica.port, `GET ${key}`).then((r) => r.split('\r\n')[1])),
     ).toBeGreaterThan(0)
-  })
+  }, 90_000)
 
   it('moves to the new master at once when the master hangs instead of dying', async () => {
     // The killed master comes back; the sentinels turn it into a replica of the new master.
@@ -187,7 +187,7 @@ describe('kit through Redis Sentinel', () => {
     expect(afterSwitchMs).toBeLessThan(3000)
     expect(await group.masterPort()).toBe(group.master.port)
     group.replica.resume()
-  })
+  }, 90_000)
 
   it('closes every connection, sentinel ones included, so the process can exit', async () => {
     const own = createRedkit({

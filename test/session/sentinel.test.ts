@@ -39,7 +39,7 @@ describe('Sentinel failover during a session flow', () => {
     await group.master.kill()
 
     // During the switch requests get 503 (never a hang); the flow continues after the promotion.
-    const deadline = Date.now() + 30_000
+    const deadline = Date.now() + 45_000
     const statuses = new Set<number>()
     for (;;) {
       const started = Date.now()
