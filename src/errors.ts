@@ -55,46 +55,39 @@ export interface LockErrorContext {
   cause?: unknown
 }
 
-/** The resource is held by someone else (after every allowed retry). */
-export class LockBusyError extends RedkitError {
-  static override readonly code: string = 'E_LOCK_BUSY'
+/** Base of the lock errors: which resource, and how many acquisition attempts were made. */
+export class LockError extends RedkitError {
+  static override readonly code: string = 'E_LOCK'
   readonly resource: string
   readonly attempts: number
+
+  constructor(message: string, context: LockErrorContext) {
+    super(message, { cause: context.cause })
+    this.resource = context.resource
+    this.attempts = context.attempts ?? 0
+  }
+}
+
+/** The resource is held by someone else (after every allowed retry). */
+export class LockBusyError extends LockError {
+  static override readonly code: string = 'E_LOCK_BUSY'
   /** Remaining lease of the current holder in ms, when Redis told us. */
   readonly retryAfterMs: number | undefined
 
   constructor(message: string, context: LockErrorContext & { retryAfterMs?: number }) {
-    super(message, { cause: context.cause })
-    this.resource = context.resource
-    this.attempts = context.attempts ?? 0
+    super(message, context)
     this.retryAfterMs = context.retryAfterMs
   }
 }
 
 /** The lease ran out or was taken over: the holder must stop touching the protected resource. */
-export class LockLostError extends RedkitError {
+export class LockLostError extends LockError {
   static override readonly code: string = 'E_LOCK_LOST'
-  readonly resource: string
-  readonly attempts: number
-
-  constructor(message: string, context: LockErrorContext) {
-    super(message, { cause: context.cause })
-    this.resource = context.resource
-    this.attempts = context.attempts ?? 0
-  }
 }
 
 /** Redis could not be reached, or too few lock servers answered to form a quorum: fails closed. */
-export class LockUnavailableError extends RedkitError {
+export class LockUnavailableError extends LockError {
   static override readonly code: string = 'E_LOCK_UNAVAILABLE'
-  readonly resource: string
-  readonly attempts: number
-
-  constructor(message: string, context: LockErrorContext) {
-    super(message, { cause: context.cause })
-    this.resource = context.resource
-    this.attempts = context.attempts ?? 0
-  }
 }
 
 /**

@@ -61,6 +61,7 @@ export {
   ConfigError,
   ConnectionError,
   LockBusyError,
+  LockError,
   LockLostError,
   LockUnavailableError,
   QueryInputError,

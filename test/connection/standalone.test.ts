@@ -18,6 +18,14 @@ function kitFor(extra: Parameters<typeof createRedkit>[0] = {}): Redkit {
   return createRedkit({ redis: redis.url, prefix, configFile: false, env: {}, ...extra })
 }
 
+/** A server of the test's own (to kill and restart) and a kit on it. */
+async function ownServer(
+  extra: Parameters<typeof createRedkit>[0],
+): Promise<{ own: StandaloneRedis; kit: Redkit }> {
+  const own = await startRedis()
+  return { own, kit: createRedkit({ redis: own.url, prefix, configFile: false, env: {}, ...extra }) }
+}
+
 async function until<T>(fn: () => Promise<T>, timeoutMs: number): Promise<T> {
   const deadline = Date.now() + timeoutMs
   for (;;) {
@@ -105,8 +113,7 @@ describe('kit on a standalone server', () => {
   })
 
   it('reports a failed SUBSCRIBE as ConnectionError and tries again on the next call', async () => {
-    const own = await startRedis()
-    const kit = createRedkit({ redis: own.url, prefix, configFile: false, env: {}, commandTimeout: 300 })
+    const { own, kit } = await ownServer({ commandTimeout: 300 })
     await kit.redis.ping()
     await own.server.kill()
     const channel = kit.keys.module('bus').key('retry')
@@ -295,14 +302,7 @@ describe('kit when Redis is down', () => {
   })
 
   it('fails fast while the server is killed and recovers by itself when it returns on the same port', async () => {
-    const own = await startRedis()
-    const kit = createRedkit({
-      redis: own.url,
-      prefix,
-      configFile: false,
-      env: {},
-      breaker: { threshold: 3, cooldown: 200 },
-    })
+    const { own, kit } = await ownServer({ breaker: { threshold: 3, cooldown: 200 } })
     const key = kit.keys.module('app').key('survivor')
     const events: string[] = []
     kit.on('reconnecting', () => events.push('reconnecting'))
@@ -329,15 +329,7 @@ describe('kit when Redis is down', () => {
   })
 
   it('settles every command within the command timeout when the server hangs under load', async () => {
-    const own = await startRedis()
-    const kit = createRedkit({
-      redis: own.url,
-      prefix,
-      configFile: false,
-      env: {},
-      commandTimeout: 400,
-      breaker: false,
-    })
+    const { own, kit } = await ownServer({ commandTimeout: 400, breaker: false })
     const key = kit.keys.module('app').key('load')
     await kit.hub.exec((r) => r.set(key, '0'))
     const durations: number[] = []
@@ -362,15 +354,7 @@ describe('kit when Redis is down', () => {
   })
 
   it('does not run a command later that already failed with a timeout while Redis was away', async () => {
-    const own = await startRedis()
-    const kit = createRedkit({
-      redis: own.url,
-      prefix,
-      configFile: false,
-      env: {},
-      commandTimeout: 300,
-      breaker: false,
-    })
+    const { own, kit } = await ownServer({ commandTimeout: 300, breaker: false })
     const key = kit.keys.module('app').key('late')
     await kit.hub.exec((r) => r.set(key, '0'))
     await own.server.kill('SIGKILL')
