@@ -117,7 +117,18 @@ describe('kit through Redis Sentinel', () => {
 
     const killedAt = performance.now()
     await group.master.kill('SIGKILL')
-    await waitUntil(() => loop.log.some((w) => w.issued > killedAt && w.ok), 60_000)
+    await waitUntil(() => loop.log.some((w) => w.issued > killedAt && w.ok), 60_000).catch(
+      async (error: Error) => {
+        // Tell a kit that did not recover from sentinels that did not fail over.
+        await loop.stop()
+        watcher.close()
+        const recent = loop.log.slice(-3).map((w) => `${Math.round(w.at - w.issued)}ms ${w.ok}`)
+        throw new Error(
+          `${error.message}: switched=${watcher.switchedAt > 0} masterPort=${await group.masterPort()} ` +
+            `connection=${kit.redis.status} breaker=${kit.hub.breakerState} last writes=${recent.join(', ')}`,
+        )
+      },
+    )
     const firstOk = loop.log.find((w) => w.issued > killedAt && w.ok)!
     const failedWrites = loop.log.filter((w) => w.issued > killedAt && !w.ok).length
     await waitUntil(() => loop.log.filter((w) => w.issued > firstOk.at && w.ok).length >= 20, 10_000)

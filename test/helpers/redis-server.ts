@@ -23,18 +23,34 @@ export function uniquePrefix(name: string): string {
   return `t-${name}-${randomBytes(3).toString('hex')}`
 }
 
-/** A TCP port that was free a moment ago. */
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
+/** Whether `port` can be bound on 127.0.0.1 right now. */
+function canListen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
     const server = createServer()
     server.unref()
-    server.on('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      const port = typeof address === 'object' && address ? address.port : 0
-      server.close(() => resolve(port))
-    })
+    server.once('error', () => resolve(false))
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)))
   })
+}
+
+/**
+ * A TCP port that was free a moment ago, taken BELOW the kernel's ephemeral range (32768+ on
+ * Linux) and from a block of its own per test worker. Two reasons: a client reconnecting every few
+ * milliseconds to a killed server's port inside the ephemeral range can end up connected to itself
+ * (TCP simultaneous open), which looks like a server that never answers; and a port freed by one
+ * file's kill must not be handed to another file's server running in parallel.
+ */
+let nextPort = 0
+export async function freePort(): Promise<number> {
+  const worker = Number(process.env.VITEST_POOL_ID ?? process.env.VITEST_WORKER_ID ?? 0) % 8
+  const base = 20_000 + worker * 1_500
+  if (nextPort === 0) nextPort = base + Math.floor(Math.random() * 500)
+  for (let tries = 0; tries < 1_500; tries++) {
+    const port = nextPort
+    nextPort = nextPort + 1 >= base + 1_500 ? base : nextPort + 1
+    if (await canListen(port)) return port
+  }
+  throw new Error(`no free port in ${base}-${base + 1_499}`)
 }
 
 /**
