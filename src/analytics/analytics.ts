@@ -157,6 +157,8 @@ interface Today {
   key(name: string, build: () => string): string
 }
 
+/** Requests queued by {@link Analytics.request} before they are tallied together. */
+const REQUEST_RUN = 256
 const METHOD_METRICS = new Map<string, string>([...METHODS, 'OTHER'].map((m) => [m, `requests.${m}`]))
 const STATUS_METRICS = ['status.5xx', 'status.1xx', 'status.2xx', 'status.3xx', 'status.4xx', 'status.5xx']
 type Reply = [Error | null, unknown]
@@ -177,6 +179,9 @@ export class Analytics {
   readonly #keys: ModuleKeys
   #options: ResolvedAnalyticsOptions
   #pending = new PendingWrites()
+  /** Requests not yet tallied, with the time each was recorded (see {@link Analytics.request}). */
+  #samples: RequestSample[] = []
+  #sampleAt: number[] = []
   #timer: NodeJS.Timeout | undefined
   #inFlight: Promise<FlushResult> | null = null
   #earlyFlush = false
@@ -185,6 +190,9 @@ export class Analytics {
   readonly #pages = { pages: new Set<string>(), routes: new Set<string>() }
   #today: Today = { start: 0, day: '', expireAt: 0, key: (_name, build) => build() }
   readonly #salts = new Map<string, string>()
+  /** Expiries sent in the current minute (key → expiry): the same one is not sent again. */
+  readonly #expiriesSent = new Map<string, number>()
+  #expiriesMinute = 0
   readonly #unsubscribe: Array<() => void> = []
   #dropped = 0
   #rejected = 0
@@ -224,13 +232,14 @@ export class Analytics {
 
   #start(): void {
     this.#timer = setInterval(() => {
+      this.#tallyRequests()
       if (!this.#inFlight && !this.#pending.empty) void this.flush()
     }, this.#options.flushIntervalMs)
     this.#timer.unref()
     // Counts kept while Redis was away go out as soon as it is back, not one interval later.
     this.#unsubscribe.push(
       this.#kit.events.on('ready', () => {
-        if (!this.#pending.empty) void this.flush()
+        if (!this.#pending.empty || this.#samples.length > 0) void this.flush()
       }),
     )
     if (this.#options.trackKitEvents) this.#trackKitEvents()
@@ -318,11 +327,32 @@ export class Analytics {
   /**
    * Counts one HTTP request (used by the `analytics()` middleware): `requests`, `requests.<METHOD>`,
    * `status.<N>xx`, `latency.ms` (sum, for averages), the day's route ranking, and for a
-   * successful GET a page view of the route pattern with the salted visitor fingerprint.
+   * successful GET a page view of the route pattern with the salted visitor fingerprint. The
+   * sample is queued and tallied with the next few hundred (at the latest on the next flush
+   * tick), so keep it unchanged once handed over.
    */
   request(sample: RequestSample): void {
+    if (this.#closed) return
+    // Only queued here: the tallies are updated for a whole run of requests at once (every
+    // REQUEST_RUN requests, at each flush and on every timer tick), which touches the counting
+    // structures far less often than once per request on a busy request path.
+    this.#samples.push(sample)
+    this.#sampleAt.push(Date.now())
+    if (this.#samples.length >= REQUEST_RUN || !this.#options.batch) this.#tallyRequests()
+  }
+
+  /** Adds the queued requests to the pending tallies (within `maxPending`). */
+  #tallyRequests(): void {
+    const samples = this.#samples
+    if (samples.length === 0) return
+    const at = this.#sampleAt
+    this.#samples = []
+    this.#sampleAt = []
+    for (let i = 0; i < samples.length; i++) this.#tally(samples[i] as RequestSample, at[i] as number)
+  }
+
+  #tally(sample: RequestSample, now: number): void {
     if (!this.#admit()) return
-    const now = Date.now()
     const today = this.#day(now)
     const method = METHOD_METRICS.has(sample.method) ? sample.method : 'OTHER'
     const status = sample.status
@@ -332,12 +362,17 @@ export class Analytics {
     const tally = this.#pending.tally(now - (now % 60_000), method, route)
     tally.count++
     tally.byClass[statusClass] = (tally.byClass[statusClass] ?? 0) + 1
-    const latency = Math.round(sample.durationMs)
+    // Summed unrounded (a fast route's requests each take well under a millisecond), rounded once
+    // when written.
+    const latency = sample.durationMs
     if (latency > 0 && Number.isFinite(latency)) tally.latencyMs += latency
     if (method === 'GET' && status < 400) {
       tally.pageViews++
       if (sample.fingerprint)
-        this.#pending.visitor(`pageviews\0${today.day}`, sample.fingerprint.slice(0, 512))
+        this.#pending.visitor(
+          today.key('v:pageviews', () => `pageviews\0${today.day}`),
+          sample.fingerprint.slice(0, 512),
+        )
     }
     this.#recorded()
   }
@@ -357,7 +392,8 @@ export class Analytics {
         t.byClass.forEach((n, c) => {
           if (n > 0) batch.count(STATUS_METRICS[c] ?? 'status.5xx', minute, n)
         })
-        if (t.latencyMs > 0) batch.count('latency.ms', minute, t.latencyMs)
+        const latencyMs = Math.round(t.latencyMs)
+        if (latencyMs > 0) batch.count('latency.ms', minute, latencyMs)
         batch.rank(routesKey, `${t.method} ${t.route}`, t.count)
         if (t.pageViews > 0) {
           batch.count('pageviews', minute, t.pageViews)
@@ -490,6 +526,7 @@ export class Analytics {
    */
   async flush(): Promise<FlushResult> {
     while (this.#inFlight) await this.#inFlight
+    this.#tallyRequests()
     if (this.#pending.empty) return { commands: 0, ok: true }
     this.#inFlight = this.#flushOnce()
     try {
@@ -569,8 +606,17 @@ export class Analytics {
       )
       undo.push(null)
     }
+    // A bucket's expiry is the same for every write to it: sent once a minute, not on every flush
+    // (once a minute still restores it should the key have been deleted and written again).
+    const minute = Math.floor(Date.now() / 60_000)
+    if (minute !== this.#expiriesMinute) {
+      this.#expiriesSent.clear()
+      this.#expiriesMinute = minute
+    }
     for (const source of [series, batch]) {
       for (const [key, at] of source.expireAt) {
+        if (this.#expiriesSent.get(key) === at) continue
+        this.#expiriesSent.set(key, at)
         commands.push(['pexpireat', key, at])
         undo.push(null)
       }
@@ -586,6 +632,8 @@ export class Analytics {
       replies = commands.map((): Reply => [new Error('Connection is closed.'), null])
     }
     const failed = replies.some(([error]) => error && isConnectionError(error))
+    // Whatever did not reach Redis, the next flush sends every expiry again.
+    if (failed) this.#expiriesSent.clear()
     // A batch written to a connection that is still up when it fails (a reply slower than the
     // command timeout, e.g. a blocked event loop) was most likely applied: sending it again would
     // count twice. Only a batch that never left (offline queue, open circuit) or whose connection
@@ -827,7 +875,7 @@ export class Analytics {
   get writer(): AnalyticsStats['writer'] {
     return {
       batch: this.#options.batch,
-      pending: this.#pending.size,
+      pending: this.#pending.size + this.#samples.length,
       dropped: this.#dropped,
       rejected: this.#rejected,
       flushes: this.#flushes,

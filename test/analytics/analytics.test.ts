@@ -235,6 +235,32 @@ describe('the batching writer', () => {
     expect((await a.stats()).totals.many).toBe(10_000)
   })
 
+  it('sends a bucket expiry once a minute, not on every flush, and again after a failed flush', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] })
+    const now = Date.now()
+    const start = now - (now % 3_600_000) + 10 * 60_000 + 5_000
+    vi.setSystemTime(start)
+    const kit = newKit()
+    const a = manual(kit)
+    a.count('expiring')
+    expect(await a.flush()).toEqual({ commands: 7, ok: true })
+    a.count('expiring')
+    // Same minute: the 3 bucket increments and the total only.
+    expect(await a.flush()).toEqual({ commands: 4, ok: true })
+    const buckets = await raw.keys(`${kit.prefix}:analytics:s:*:expiring:*`)
+    expect(buckets).toHaveLength(3)
+    for (const key of buckets) expect(await raw.pttl(key)).toBeGreaterThan(0)
+    // A bucket deleted behind our back gets its expiry back with the next minute's first flush.
+    await raw.del(...buckets)
+    a.count('expiring')
+    await a.flush()
+    expect(await raw.pttl(buckets[0] as string)).toBe(-1)
+    vi.setSystemTime(start + 60_000)
+    a.count('expiring')
+    expect(await a.flush()).toEqual({ commands: 7, ok: true })
+    for (const key of buckets) expect(await raw.pttl(key)).toBeGreaterThan(0)
+  })
+
   it('flushes what is pending on kit.close()', async () => {
     const kit = newKit()
     const a = manual(kit)
@@ -243,6 +269,47 @@ describe('the batching writer', () => {
     await kit.close()
     const totals = await raw.hgetall(`${kit.prefix}:analytics:totals`)
     expect(totals).toEqual({ closing: '3', pageviews: '1' })
+  })
+
+  it('tallies queued requests in the minute each was recorded, summing latency unrounded', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] })
+    const now = Date.now()
+    const minute = now - (now % 60_000) + 60_000
+    vi.setSystemTime(minute + 59_000)
+    const a = manual(newKit())
+    // Fewer than one run of requests: queued, not yet tallied, but reported as pending.
+    for (let i = 0; i < 100; i++) a.request({ route: '/fast', method: 'GET', status: 200, durationMs: 0.4 })
+    vi.setSystemTime(minute + 61_000)
+    a.request({ route: '/fast', method: 'POST', status: 503, durationMs: 0.4 })
+    expect(a.writer.pending).toBe(101)
+    expect(await a.flush()).toMatchObject({ ok: true })
+    const series = await a.series('requests', { from: minute, to: minute + 60_000 })
+    expect(series).toEqual([
+      { t: minute, value: 100 },
+      { t: minute + 60_000, value: 1 },
+    ])
+    const latency = await a.series('latency.ms', { from: minute, to: minute + 60_000 })
+    // 100 × 0.4 ms is 40 ms, not 100 × round(0.4) = 0.
+    expect(latency).toEqual([
+      { t: minute, value: 40 },
+      { t: minute + 60_000, value: 0 },
+    ])
+    const { totals } = await a.stats()
+    expect(totals).toMatchObject({ requests: 101, 'requests.GET': 100, 'requests.POST': 1, 'status.5xx': 1 })
+  })
+
+  it('tallies a full run of 256 queued requests at once, which can start an early flush', async () => {
+    const a = manual(newKit(), { maxBatch: 256 })
+    for (let i = 0; i < 255; i++) a.request({ route: '/r', method: 'GET', status: 200, durationMs: 1 })
+    await new Promise((r) => setImmediate(r))
+    expect(a.writer.flushes).toBe(0)
+    a.request({ route: '/r', method: 'GET', status: 200, durationMs: 1 })
+    const stats = await until(
+      () => a.stats(),
+      (s) => s.totals.requests === 256,
+    )
+    expect(stats.totals.requests).toBe(256)
+    expect(stats.writer).toMatchObject({ flushes: 1, pending: 0, dropped: 0 })
   })
 
   it('writes at once when batching is off', async () => {

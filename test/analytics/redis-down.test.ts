@@ -83,6 +83,16 @@ describe('Redis killed and restarted', () => {
     expect(await a.topPages()).toEqual([{ path: '/down', count: 20 }])
     expect(await a.uniques('pageviews')).toBe(20)
     expect((await a.recentEvents('signup')).map((e) => e.metadata)).toEqual([{ plan: 'pro' }])
+    // The restarted server kept nothing: buckets written before the kill were created again,
+    // and each got its expiry again, though it had been sent before (failed flushes re-send them).
+    const raw = new Redis(redis.url)
+    try {
+      const buckets = await raw.keys(`${kit.prefix}:analytics:s:*`)
+      expect(buckets.some((k) => k.includes(':pageviews:'))).toBe(true)
+      for (const key of buckets) expect(await raw.pttl(key)).toBeGreaterThan(0)
+    } finally {
+      raw.disconnect()
+    }
   })
 
   it('drops past maxPending while down and counts what it dropped', async () => {
