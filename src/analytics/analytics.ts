@@ -167,7 +167,7 @@ type Reply = [Error | null, unknown]
  * Analytics counters on stock Redis: counts, events with a recent log, page views with top pages
  * and uniques (HyperLogLog), time series per minute, hour and day. Recording is synchronous and
  * never throws or waits: it adds to in-process sums that a batching writer flushes in one
- * pipeline every `flushInterval` or `maxBatch` recordings, and on `kit.close()`.
+ * pipeline every `flushInterval`, as soon as `maxBatch` distinct writes are pending, and on `kit.close()`.
  *
  * @example
  * kit.analytics.pageView('/pricing', { visitorId: user.id })
@@ -508,7 +508,9 @@ export class Analytics {
       void this.#flushOnce()
       return
     }
-    if (++this.#pending.ops >= this.#options.maxBatch && !this.#earlyFlush && !this.#inFlight) {
+    // What makes a batch big is the distinct writes it carries, not the recordings summed into
+    // them: 10 000 requests to one route are one tally.
+    if (this.#pending.size >= this.#options.maxBatch && !this.#earlyFlush && !this.#inFlight) {
       this.#earlyFlush = true
       setImmediate(() => {
         this.#earlyFlush = false

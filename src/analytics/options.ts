@@ -16,7 +16,10 @@ export interface AnalyticsOptions {
    */
   flushInterval?: Duration
   /**
-   * Recordings after which a flush starts early, before `flushInterval` elapses.
+   * Distinct pending writes (counter buckets, page scores, visitor ids, log lines: what the
+   * next pipeline carries) at which a flush starts early, before `flushInterval` elapses.
+   * Recordings that add to a pending sum (the same counter, route or page in the same minute) do
+   * not count again.
    * @default 1000
    */
   maxBatch?: number

@@ -35,8 +35,6 @@ export class PendingWrites {
   readonly requests = new Map<number, Map<string, RequestTally>>()
   #minute = -1
   #tallies: Map<string, RequestTally> | undefined
-  /** Recordings since this object was created (drives the early flush). */
-  ops = 0
   /** Distinct entries held. */
   size = 0
 

@@ -208,14 +208,24 @@ describe('the batching writer', () => {
     expect(stats.totals['interval.metric']).toBe(4)
   })
 
-  it('flushes early after maxBatch recordings', async () => {
+  it('flushes early once maxBatch distinct writes are pending, not after maxBatch recordings', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] })
+    const now = Date.now()
+    vi.setSystemTime(now - (now % 60_000) + 30_000)
     const a = newKit().analytics.configure({ flushInterval: '1h', maxBatch: 10 })
-    for (let i = 0; i < 10; i++) a.count('size.metric')
+    // Connected first: the kit's first 'ready' flushes whatever is pending.
+    await a.stats()
+    for (let i = 0; i < 9; i++) a.count(`size.metric.${i}`)
+    // 1000 more recordings of a pending counter add to its sum: still 9 writes to send.
+    for (let i = 0; i < 1000; i++) a.count('size.metric.0')
+    await new Promise((r) => setTimeout(r, 50))
+    expect(a.writer).toMatchObject({ flushes: 0, pending: 9 })
+    a.count('size.metric.9')
     const stats = await until(
       () => a.stats(),
-      (s) => s.totals['size.metric'] === 10,
+      (s) => s.totals['size.metric.9'] === 1,
     )
-    expect(stats.totals['size.metric']).toBe(10)
+    expect(stats.totals).toMatchObject({ 'size.metric.0': 1001, 'size.metric.8': 1, 'size.metric.9': 1 })
     expect(stats.writer.flushes).toBe(1)
   })
 
@@ -299,11 +309,16 @@ describe('the batching writer', () => {
   })
 
   it('tallies a full run of 256 queued requests at once, which can start an early flush', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] })
+    const now = Date.now()
+    vi.setSystemTime(now - (now % 60_000) + 30_000)
+    // 256 routes: 256 tallies pending once the run is tallied, which reaches maxBatch.
     const a = manual(newKit(), { maxBatch: 256 })
-    for (let i = 0; i < 255; i++) a.request({ route: '/r', method: 'GET', status: 200, durationMs: 1 })
-    await new Promise((r) => setImmediate(r))
+    await a.stats()
+    for (let i = 0; i < 255; i++) a.request({ route: `/r/${i}`, method: 'GET', status: 200, durationMs: 1 })
+    await new Promise((r) => setTimeout(r, 50))
     expect(a.writer.flushes).toBe(0)
-    a.request({ route: '/r', method: 'GET', status: 200, durationMs: 1 })
+    a.request({ route: '/r/255', method: 'GET', status: 200, durationMs: 1 })
     const stats = await until(
       () => a.stats(),
       (s) => s.totals.requests === 256,
