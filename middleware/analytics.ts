@@ -24,6 +24,9 @@ export interface AnalyticsMiddlewareOptions {
   unmatched?: string
 }
 
+/** Status counted for a request whose client closed the connection before the response. */
+const CLIENT_CLOSED = 499
+
 const ANALYTICS_MIDDLEWARE_DEFAULTS = { visitors: true, unmatched: '(unmatched)' }
 
 function resolveAnalyticsMiddlewareOptions(options: AnalyticsMiddlewareOptions) {
@@ -97,7 +100,9 @@ export function analytics(kit: Redkit, options: AnalyticsMiddlewareOptions = {})
     try {
       const durationMs = performance.now() - started
       const route = routePattern(req) ?? unmatched
-      const status = res.statusCode
+      // A client that went away before the answer: 499 (as proxies log it), not the default 200,
+      // so it is neither a success nor a page view.
+      const status = res.writableEnded ? res.statusCode : CLIENT_CLOSED
       recorder.request({
         route,
         method: req.method,

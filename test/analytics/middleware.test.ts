@@ -99,6 +99,47 @@ describe('analytics middleware', () => {
     expect(series.reduce((sum, p) => sum + p.value, 0)).toBe(5)
   })
 
+  it('counts a request answered later, and one whose client left first, once each with its latency', async () => {
+    const kit = newKit()
+    const server = express()
+    server.use(analytics(kit))
+    server.get('/sync', (_req, res) => res.send('now'))
+    server.get('/later', (_req, res) => {
+      setTimeout(() => res.send('later'), 60)
+    })
+    let abandoned!: () => void
+    const left = new Promise<void>((resolve) => {
+      abandoned = resolve
+    })
+    server.get('/never', (req) => {
+      req.socket.on('close', abandoned)
+    })
+    const http = server.listen(0, '127.0.0.1')
+    await new Promise((r) => http.once('listening', r))
+    try {
+      await request(http).get('/sync').expect(200)
+      await request(http).get('/later').expect(200)
+      const controller = new AbortController()
+      const { port } = http.address() as { port: number }
+      const pending = fetch(`http://127.0.0.1:${port}/never`, { signal: controller.signal }).catch(() => null)
+      await new Promise((r) => setTimeout(r, 50))
+      controller.abort()
+      await pending
+      await left
+      await new Promise((r) => setTimeout(r, 20))
+      await kit.analytics.flush()
+      const { totals } = await kit.analytics.stats()
+      // Three requests, each once; the abandoned one as 499 (client closed), not a page view.
+      expect(totals).toMatchObject({ requests: 3, 'status.2xx': 2, 'status.4xx': 1, pageviews: 2 })
+      const ranking = await kit.analytics.topPages({ limit: 5 })
+      expect(ranking.map((r) => r.path).sort()).toEqual(['/later', '/sync'])
+      // The delayed answer's 60 ms and the abandoned request's 50 ms are in the latency sum.
+      expect(totals['latency.ms']).toBeGreaterThanOrEqual(100)
+    } finally {
+      await new Promise((r) => http.close(r))
+    }
+  })
+
   it('counts unique visitors by a salted hash shared by every instance, without storing the IP', async () => {
     const prefix = uniquePrefix('analytics-visitors')
     const one = newKit(prefix)
