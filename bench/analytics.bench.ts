@@ -2,14 +2,16 @@
  * Analytics: (1) recording throughput in process, the batching writer (`kit.analytics.count()`,
  * `pageView()`) against one awaited INCR per event on the same auto-pipelined client; every
  * recording is verified in Redis after the run. (2) The `analytics()` middleware's cost on a
- * hello-world route over HTTP (server pinned to its own core).
+ * hello-world route over HTTP (server pinned to its own core), sequentially as every HTTP bench,
+ * then side by side in several rounds: a cost of a few per cent is below the drift of sequential
+ * runs, not below the spread of the side-by-side rounds.
  */
 import { setImmediate as yieldToLoop } from 'node:timers/promises'
 import { createRedkit, type Redkit } from '../src/index.js'
-import { CONNECTIONS, DURATION_S, WARMUP_S } from './lib/env.js'
-import { measureHttp } from './lib/http.js'
+import { CONNECTIONS, DURATION_S, ROUNDS, WARMUP_S } from './lib/env.js'
+import { measureHttp, measureHttpSideBySide } from './lib/http.js'
 import { benchRedis } from './lib/redis.js'
-import { type Measurement, printTable, twoPasses } from './lib/table.js'
+import { type Measurement, printMedianRatios, printTable, twoPasses } from './lib/table.js'
 
 interface RecordCase {
   name: string
@@ -119,6 +121,10 @@ export default async function analyticsBench(): Promise<void> {
       measureHttp,
     )
     printTable('analytics: middleware cost on a hello-world route', rows, 'express')
+
+    const paired = await measureHttpSideBySide([http('express'), http('express + analytics()')], ROUNDS)
+    printTable('analytics: middleware cost, side by side (pass = round)', paired, 'express')
+    printMedianRatios('analytics: middleware cost, side by side, over the rounds', paired, 'express')
   } finally {
     await redis.stop()
   }

@@ -30,3 +30,6 @@ export function pin(pid: number | undefined, core: number): void {
     // best effort: an unpinned run is still a side-by-side run
   }
 }
+
+/** Rounds of a side-by-side measurement (`BENCH_ROUNDS`, default 5). */
+export const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5)

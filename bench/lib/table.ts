@@ -54,3 +54,39 @@ export async function twoPasses<C extends { name: string }>(
       cases.findIndex((c) => c.name === a.name) - cases.findIndex((c) => c.name === b.name),
   )
 }
+
+const median = (xs: number[]) => {
+  const sorted = [...xs].sort((a, b) => a - b)
+  const mid = Math.floor(sorted.length / 2)
+  return sorted.length % 2
+    ? (sorted[mid] as number)
+    : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2
+}
+
+/**
+ * Prints, per case, the median and range over passes (rounds) of its CPU and throughput ratios
+ * against `baseline` in the same pass: the summary of a side-by-side run.
+ */
+export function printMedianRatios(title: string, rows: Measurement[], baseline: string): void {
+  console.log(`\n### ${title}\n`)
+  console.log(
+    `| case | rounds | × ${baseline} (CPU), median | range | × ${baseline} (ops/s), median | range |`,
+  )
+  console.log('| --- | --- | --- | --- | --- | --- |')
+  const names = [...new Set(rows.map((r) => r.name))].filter((n) => n !== baseline)
+  for (const name of names) {
+    const cpu: number[] = []
+    const tput: number[] = []
+    for (const row of rows.filter((r) => r.name === name)) {
+      const base = rows.find((r) => r.name === baseline && r.pass === row.pass)
+      if (!base) continue
+      cpu.push(base.cpuUsPerOp / row.cpuUsPerOp)
+      tput.push(row.opsPerSec / base.opsPerSec)
+    }
+    if (cpu.length === 0) continue
+    const range = (xs: number[]) => `${fmt(Math.min(...xs), 2)}–${fmt(Math.max(...xs), 2)}`
+    console.log(
+      `| ${name} | ${cpu.length} | ${fmt(median(cpu), 3)} | ${range(cpu)} | ${fmt(median(tput), 3)} | ${range(tput)} |`,
+    )
+  }
+}
