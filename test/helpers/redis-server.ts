@@ -33,22 +33,29 @@ function canListen(port: number): Promise<boolean> {
   })
 }
 
+/** Offset of a cluster node's bus port (Redis's default `cluster-port`: the client port + 10000). */
+const CLUSTER_BUS_OFFSET = 10_000
+
 /**
  * A TCP port that was free a moment ago, taken BELOW the kernel's ephemeral range (32768+ on
  * Linux) and from a block of its own per test worker. Two reasons: a client reconnecting every few
  * milliseconds to a killed server's port inside the ephemeral range can end up connected to itself
  * (TCP simultaneous open), which looks like a server that never answers; and a port freed by one
- * file's kill must not be handed to another file's server running in parallel.
+ * file's kill must not be handed to another file's server running in parallel. The blocks
+ * (10000-21999) keep a cluster node's bus port (port + 10000) below that range too; with
+ * `bus: true` that bus port must be free as well (a node whose bus port is taken exits at start).
  */
 let nextPort = 0
-export async function freePort(): Promise<number> {
+export async function freePort(options: { bus?: boolean } = {}): Promise<number> {
   const worker = Number(process.env.VITEST_POOL_ID ?? process.env.VITEST_WORKER_ID ?? 0) % 8
-  const base = 20_000 + worker * 1_500
+  const base = 10_000 + worker * 1_500
   if (nextPort === 0) nextPort = base + Math.floor(Math.random() * 500)
   for (let tries = 0; tries < 1_500; tries++) {
     const port = nextPort
     nextPort = nextPort + 1 >= base + 1_500 ? base : nextPort + 1
-    if (await canListen(port)) return port
+    if (!(await canListen(port))) continue
+    if (options.bus && !(await canListen(port + CLUSTER_BUS_OFFSET))) continue
+    return port
   }
   throw new Error(`no free port in ${base}-${base + 1_499}`)
 }
@@ -340,7 +347,7 @@ export async function startCluster(): Promise<RedisClusterGroup> {
   const dir = tempDir('cluster')
   const nodes: RedisProcess[] = []
   for (let i = 0; i < 3; i++) {
-    const port = await freePort()
+    const port = await freePort({ bus: true })
     nodes.push(
       await new RedisProcess(port, dir, [
         ...baseArgs(port, dir),
