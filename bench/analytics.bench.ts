@@ -122,7 +122,10 @@ export default async function analyticsBench(): Promise<void> {
     )
     printTable('analytics: middleware cost on a hello-world route', rows, 'express')
 
-    const paired = await measureHttpSideBySide([http('express'), http('express + analytics()')], ROUNDS)
+    const paired = await measureHttpSideBySide(
+      [http('express'), http('express + reads only'), http('express + analytics()')],
+      ROUNDS,
+    )
     printTable('analytics: middleware cost, side by side (pass = round)', paired, 'express')
     printMedianRatios('analytics: middleware cost, side by side, over the rounds', paired, 'express')
   } finally {

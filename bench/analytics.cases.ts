@@ -1,9 +1,10 @@
 /**
  * HTTP cases of the analytics bench, built in the pinned server process by bench/lib/serve.ts:
- * a hello-world route, bare and with the `analytics()` middleware (and with `/metrics` listening).
+ * a hello-world route, bare, with only the reads the middleware makes, and with the `analytics()`
+ * middleware (and with `/metrics` listening).
  */
 import express from 'express'
-import { analytics } from '../middleware/analytics.js'
+import { analytics, routePattern } from '../middleware/analytics.js'
 import { metrics } from '../middleware/metrics.js'
 import { createRedkit } from '../src/index.js'
 import type { BuiltCase } from './lib/http.js'
@@ -45,6 +46,31 @@ async function withAnalytics(context: Record<string, unknown>, prometheus: boole
   }
 }
 
+/**
+ * The floor of any such middleware: on the response's `close`, read what `analytics()` reads (route
+ * pattern, status, latency, IP and user agent) and keep only the last of it. No counting, no Redis.
+ */
+async function readsOnly(): Promise<BuiltCase> {
+  const counter = { handled: 0 }
+  let last: unknown
+  const app = express()
+  app.use((req, res, next) => {
+    const started = performance.now()
+    res.on('close', () => {
+      last = {
+        route: routePattern(req),
+        method: req.method,
+        status: res.statusCode,
+        durationMs: performance.now() - started,
+        client: `${req.socket.remoteAddress}\n${req.headers['user-agent'] ?? ''}`,
+      }
+    })
+    next()
+  })
+  app.get('/hello', hello(counter))
+  return { app, check: () => ({ handled: counter.handled, read: typeof last === 'object' }) }
+}
+
 export const cases: Record<string, (context: Record<string, unknown>) => Promise<BuiltCase>> = {
   async express() {
     const counter = { handled: 0 }
@@ -52,6 +78,7 @@ export const cases: Record<string, (context: Record<string, unknown>) => Promise
     app.get('/hello', hello(counter))
     return { app, check: () => ({ handled: counter.handled }) }
   },
+  'express + reads only': readsOnly,
   'express + analytics()': (context) => withAnalytics(context, false),
   'express + analytics() + metrics()': (context) => withAnalytics(context, true),
 }
