@@ -253,6 +253,8 @@ export interface SentinelGroup {
   sentinelAddresses: Array<{ host: string; port: number }>
   /** Asks a sentinel for the current master port. */
   masterPort(): Promise<number>
+  /** What each sentinel and the replica report, for a failover test's timeout message. */
+  describe(): Promise<string>
   stop(): Promise<void>
 }
 
@@ -322,6 +324,21 @@ export async function startSentinelGroup(name = 'mymaster'): Promise<SentinelGro
       const reply = await rawCommand(sentinels[0]!.port, `SENTINEL get-master-addr-by-name ${name}`)
       const lines = reply.split('\r\n')
       return Number(lines[4])
+    },
+    async describe() {
+      const field = (reply: string, name: string) => {
+        const lines = reply.split('\r\n')
+        const i = lines.indexOf(name)
+        return i >= 0 ? lines[i + 2] : '-'
+      }
+      const views = await Promise.all(
+        sentinels.map(async (s) => {
+          const reply = await rawCommand(s.port, `SENTINEL master ${name}`).catch(() => '')
+          return `${s.port}: master ${field(reply, 'port')} flags ${field(reply, 'flags')} failover ${field(reply, 'failover-state')}`
+        }),
+      )
+      const role = await rawCommand(replica.port, 'ROLE').catch((e: Error) => e.message)
+      return `sentinels [${views.join('; ')}] replica ${replica.port} role ${role.split('\r\n')[2] ?? '?'}`
     },
     async stop() {
       await Promise.all(all.map((p) => p.kill('SIGKILL')))

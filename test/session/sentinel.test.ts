@@ -51,7 +51,11 @@ describe('Sentinel failover during a session flow', () => {
         break
       }
       expect(res.status).toBe(503)
-      if (Date.now() > deadline) throw new Error('the session flow did not resume after the failover')
+      if (Date.now() > deadline) {
+        throw new Error(
+          `the session flow did not resume after the failover: kit ${kit.redis.status}, ${await group.describe()}`,
+        )
+      }
       await new Promise((r) => setTimeout(r, 200))
     }
     expect(await group.masterPort()).not.toBe(oldMaster)
