@@ -185,6 +185,8 @@ export class Analytics {
   #timer: NodeJS.Timeout | undefined
   #inFlight: Promise<FlushResult> | null = null
   #earlyFlush = false
+  /** The last flush failed: what is pending waits for the interval or the reconnect, not for maxBatch. */
+  #backlogged = false
   #closed = false
   readonly #metrics = new Set<string>()
   readonly #pages = { pages: new Set<string>(), routes: new Set<string>() }
@@ -510,7 +512,14 @@ export class Analytics {
     }
     // What makes a batch big is the distinct writes it carries, not the recordings summed into
     // them: 10 000 requests to one route are one tally.
-    if (this.#pending.size >= this.#options.maxBatch && !this.#earlyFlush && !this.#inFlight) {
+    // A backlog left by a failed flush stays above maxBatch until Redis is back: retrying it on
+    // every recording would rebuild the whole batch each time for nothing.
+    if (
+      this.#pending.size >= this.#options.maxBatch &&
+      !this.#earlyFlush &&
+      !this.#inFlight &&
+      !this.#backlogged
+    ) {
       this.#earlyFlush = true
       setImmediate(() => {
         this.#earlyFlush = false
@@ -551,6 +560,7 @@ export class Analytics {
       result = { commands: 0, ok: false }
     }
     this.#flushes++
+    this.#backlogged = !result.ok
     if (!result.ok) this.#failedFlushes++
     else this.#lastFlushAt = Date.now()
     if (this.#kit.events.has('analytics:flush')) {

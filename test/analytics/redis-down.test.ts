@@ -95,6 +95,34 @@ describe('Redis killed and restarted', () => {
     }
   })
 
+  it('does not retry a failed batch on every recording while the backlog stays above maxBatch', async () => {
+    const a = kit.analytics.configure({ flushInterval: '1h', maxBatch: 10, maxPending: 5000 })
+    const failedAtStart = a.writer.failedFlushes
+    await redis.server.kill()
+    await until(async () => kit.redis.status !== 'ready', 5000)
+    // A backlog above maxBatch that cannot be written...
+    for (let i = 0; i < 20; i++) a.count(`backlog.${i}`)
+    await until(async () => a.writer.failedFlushes > failedAtStart, 5000)
+    const failedBefore = a.writer.failedFlushes
+    // ...is not sent again for each recording that follows (each retry rebuilds the whole batch):
+    // 2 s of recordings every 10 ms while the kit keeps reconnecting.
+    for (let round = 0; round < 200; round++) {
+      for (let i = 0; i < 5; i++) a.count(`backlog.${i}`)
+      await new Promise((r) => setTimeout(r, 10))
+    }
+    await a.flush()
+    // Only the explicit flush above tried again (the interval is an hour here).
+    expect(a.writer.failedFlushes - failedBefore).toBe(1)
+    expect(a.writer.pending).toBeGreaterThanOrEqual(20)
+    await redis.server.start()
+    // The kit's reconnect sends the backlog, and early flushes work again afterwards.
+    const back = await until(async () => a.writer.pending === 0, 10_000)
+    expect(back).toBe(true)
+    expect((await a.stats()).totals['backlog.0']).toBe(201)
+    for (let i = 0; i < 10; i++) a.count(`after.${i}`)
+    expect(await until(async () => (await a.stats()).totals['after.9'] === 1, 5000)).toBe(true)
+  })
+
   it('drops past maxPending while down and counts what it dropped', async () => {
     const a = kit.analytics.configure({ flushInterval: 100, maxPending: 50 })
     await redis.server.kill()
