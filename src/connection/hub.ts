@@ -388,8 +388,19 @@ export class ConnectionHub {
     return report
   }
 
+  #revive(client: RedisClient): void {
+    if (this.#closeCalled) return
+    setTimeout(() => {
+      if (!this.#closeCalled && client.status === 'end') client.connect().catch(() => undefined)
+    }, REVIVE_AFTER_MS).unref()
+  }
+
   #watch(client: RedisClient, purpose: string): void {
     client.on('error', (error: Error) => this.#events.emit('error', { error, connection: purpose }))
+    // ioredis ends a Sentinel client for good when a +switch-master notice interrupts its lookup of
+    // the master (the pending connect fails with "Connection is closed" and no retry follows). A kit
+    // recovers by itself: a client of ours that ends while the kit is open connects again.
+    if (purpose !== 'command' || this.owned) client.on('end', () => this.#revive(client))
     if (purpose !== 'command') return
     client.on('reconnecting', (delayMs: number) => this.#events.emit('reconnecting', { delayMs }))
     // ioredis emits status events on the next tick: 'connect' still comes before the handshake
@@ -410,6 +421,7 @@ export class ConnectionHub {
   }
 }
 
+const REVIVE_AFTER_MS = 100
 function duplicate(client: RedisClient, purpose: string): RedisClient {
   // Dedicated connections never auto-pipeline (subscriber and blocking modes forbid it) and blocking
   // commands must not hit the command timeout.

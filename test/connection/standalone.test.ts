@@ -56,6 +56,21 @@ describe('kit on a standalone server', () => {
     await kit.close()
   })
 
+  it('connects again when its client ends while the kit is open, and not after close', async () => {
+    const kit = kitFor()
+    await kit.hub.exec((r) => r.ping())
+    // What ioredis does to a Sentinel client whose master lookup a failover notice interrupts.
+    kit.redis.disconnect()
+    await new Promise((r) => setTimeout(r, 20))
+    expect(kit.redis.status).toBe('end')
+    const deadline = Date.now() + 5000
+    while (kit.redis.status !== 'ready' && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
+    expect(await kit.hub.exec((r) => r.ping())).toBe('PONG')
+    await kit.close()
+    await new Promise((r) => setTimeout(r, 300))
+    expect(kit.redis.status).toBe('end')
+  })
+
   it('reports health: connected, role, latency, master address', async () => {
     const kit = kitFor()
     const health = await kit.health()
