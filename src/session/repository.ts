@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import type { ModuleKeys } from '../keys.js'
 import type { Redkit } from '../kit.js'
-import { INDEX_LIST, INDEX_PUT, READ, REMOVE, TOUCH, WRITE } from './scripts.js'
+import { EXTEND, INDEX_LIST, INDEX_PUT, READ, REMOVE, TOUCH, WRITE } from './scripts.js'
 
 /** Turns one top-level session value into text and back. */
 export interface SessionSerializer {
@@ -271,6 +271,21 @@ export class SessionRepository {
     const score = Number(await this.#kit.hub.exec((redis) => TOUCH.run(redis, [key], [ttlMs, id])))
     if (score > 0) await this.#kit.hub.exec((redis) => INDEX_PUT.run(redis, [index], [id, score]))
     return score > 0
+  }
+
+  /**
+   * Extends a session's TTL without reading it first (`touch` needs the indexed user and score):
+   * one round trip, plus one more about once per TTL when the user index entry must move. False
+   * when the session is gone.
+   */
+  async extend(id: string, ttlMs: number): Promise<boolean> {
+    const key = this.sessionKey(id)
+    const user = (await this.#kit.hub.exec((redis) => EXTEND.run(redis, [key], [ttlMs, INDEX_MARGIN_MS]))) as
+      | string
+      | null
+    if (user === null) return false
+    if (user === '') return true
+    return this.touch(id, ttlMs, user)
   }
 
   /**

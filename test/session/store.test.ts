@@ -425,6 +425,42 @@ describe('kit.sessions', () => {
     expect(await kit.sessions.touch(id)).toBe(false)
   })
 
+  it('touch is one round trip that reads no data; it moves the index entry only when the new expiry passes it', async () => {
+    const id = await kit.sessions.create('yann', { big: 'x'.repeat(10_000) }, { ttl: '10m' })
+    const score = async () => Number(await kit.redis.zscore(kit.sessions.repository.indexKey('yann'), id))
+    const ttlOf = (sid: string) => kit.redis.pttl(kit.sessions.repository.sessionKey(sid))
+    const counted = async (touch: () => Promise<boolean>) => {
+      let commands = 0
+      const off = kit.on('command', () => commands++)
+      const result = await touch()
+      off()
+      return { result, commands }
+    }
+    const before = await score()
+    // A shorter or equal TTL stays within the entry's score (expiry + one TTL): one call.
+    expect(await counted(() => kit.sessions.touch(id, { ttl: '5m' }))).toEqual({ result: true, commands: 1 })
+    expect(await ttlOf(id)).toBeLessThanOrEqual(300_000)
+    expect(await ttlOf(id)).toBeGreaterThan(290_000)
+    expect(await score()).toBe(before)
+    // A longer one would outlive the entry: a second call moves it.
+    expect(await counted(() => kit.sessions.touch(id, { ttl: '2h' }))).toEqual({ result: true, commands: 2 })
+    expect(await ttlOf(id)).toBeGreaterThan(7_000_000)
+    expect(await score()).toBeGreaterThan(Date.now() + 2 * 7_000_000)
+    expect((await kit.sessions.listForUser('yann')).map((s) => s.id)).toEqual([id])
+    // A session without a user has no index: one call.
+    const anonymous = 'touch-anonymous'
+    const cookie = { originalMaxAge: null, expires: null, path: '/', httpOnly: true }
+    await callback((cb) => new RedisSessionStore({ kit, ttl: 60 }).set(anonymous, { cookie } as never, cb))
+    expect(await counted(() => kit.sessions.touch(anonymous, { ttl: '3h' }))).toEqual({
+      result: true,
+      commands: 1,
+    })
+    expect(await ttlOf(anonymous)).toBeGreaterThan(10_000_000)
+    await kit.sessions.destroy(id)
+    expect(await counted(() => kit.sessions.touch(id))).toEqual({ result: false, commands: 1 })
+    expect(await kit.redis.exists(kit.sessions.repository.sessionKey(id))).toBe(0)
+  })
+
   it('never lists expired sessions and revokes all but the kept one', async () => {
     const short = await kit.sessions.create(42, {}, { ttl: 150 })
     const keep = await kit.sessions.create(42, {}, { ttl: '1m' })
