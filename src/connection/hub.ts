@@ -294,9 +294,16 @@ export class ConnectionHub {
     )
   }
 
-  /** Registers work to run at the start of `close()`, while connections are still open (flushes). */
-  onClose(hook: () => unknown): void {
+  /**
+   * Registers work to run at the start of `close()`, while connections are still open (flushes).
+   * Returns a function that unregisters it (for something closed on its own before the kit).
+   */
+  onClose(hook: () => unknown): () => void {
     this.#closeHooks.push(hook)
+    return () => {
+      const at = this.#closeHooks.indexOf(hook)
+      if (at >= 0) this.#closeHooks.splice(at, 1)
+    }
   }
 
   /** True once `close()` was called. */

@@ -28,6 +28,12 @@ export interface TakeOptions {
   maxWait?: Duration
 }
 
+const closedQueue = (policy: string) =>
+  new RateLimitQueueError(
+    'This outbound queue was closed; create a new one with kit.rateLimits.queue() to send more calls.',
+    policy,
+  )
+
 /**
  * Calls to a third-party API that allows so many per window: instead of rejecting, a call waits in
  * a FIFO queue until every limit of the policy has room (counted in Redis, so all instances share
@@ -42,9 +48,19 @@ export class OutboundQueue {
   readonly #queue: RateLimiterQueue
   readonly #key: string
   readonly #maxPoints: number
+  #closed = false
+  #detach: (() => void) | undefined
 
-  /** `isClosed` lets waiting calls fail once the kit is closed instead of retrying forever. */
-  constructor(policy: RateLimitPolicy, settings: QueueSettings = {}, isClosed: () => boolean = () => false) {
+  /**
+   * `isClosed` lets waiting calls fail once the kit is closed instead of retrying forever;
+   * `attach` registers the queue's `close` with the kit and returns how to unregister it.
+   */
+  constructor(
+    policy: RateLimitPolicy,
+    settings: QueueSettings = {},
+    isClosed: () => boolean = () => false,
+    attach?: (close: () => void) => () => void,
+  ) {
     this.#policy = policy
     this.#key = settings.key ?? 'queue'
     const maxQueueSize = settings.maxQueueSize ?? 10_000
@@ -63,6 +79,7 @@ export class OutboundQueue {
       consume: async (key: string, tokens: number): Promise<RateLimiterRes> => {
         if (isClosed())
           throw new RateLimitQueueError('The redkit kit is closed; the queued call was dropped.', policy.name)
+        if (this.#closed) throw closedQueue(policy.name)
         const result = await policy.consume(key, tokens)
         const remaining = Math.min(...result.limits.map((l) => l.remaining), this.#maxPoints)
         if (result.allowed) return new RateLimiterRes(remaining, 0, tokens)
@@ -79,6 +96,7 @@ export class OutboundQueue {
         maxQueueSize,
       },
     )
+    this.#detach = attach?.(() => this.close())
   }
 
   /**
@@ -86,6 +104,7 @@ export class OutboundQueue {
    * points left in the tightest limit.
    */
   async take(options: TakeOptions = {}): Promise<number> {
+    if (this.#closed) throw closedQueue(this.#policy.name)
     const cost = options.cost ?? 1
     if (!Number.isSafeInteger(cost) || cost < 1) {
       throw new ConfigError('queue.take.cost', `must be a whole number >= 1, got ${cost}`, 'write cost: 1')
@@ -105,10 +124,14 @@ export class OutboundQueue {
   }
 
   /**
-   * Rejects every waiting call with `RateLimitQueueError` and drops the queue's wake-up timers, so
-   * a closed kit leaves no caller pending and no timer holding the process. Run by `kit.close()`.
+   * Rejects every waiting call and every later one with `RateLimitQueueError` and drops the queue's
+   * wake-up timers, so no caller stays pending and no timer holds the process. Run by
+   * `kit.close()`; call it for a queue the app no longer needs, which also lets the kit forget it.
    */
   close(): void {
+    this.#closed = true
+    this.#detach?.()
+    this.#detach = undefined
     const limiters = (
       this.#queue as unknown as { _queueLimiters?: Record<string, { _processFIFO?: () => void }> }
     )._queueLimiters

@@ -99,12 +99,11 @@ export class RateLimits {
    * await q.run(() => mailer.send(message))
    */
   queue(options: QueueOptions): OutboundQueue {
-    const queue = new OutboundQueue(
+    return new OutboundQueue(
       this.policy(options, 'rateLimits.queue'),
       options,
       () => this.#kit.hub.closed,
+      (close) => this.#kit.hub.onClose(close),
     )
-    this.#kit.hub.onClose(() => queue.close())
-    return queue
   }
 }

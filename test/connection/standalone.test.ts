@@ -196,6 +196,17 @@ describe('kit on a standalone server', () => {
     await check.quit()
   })
 
+  it('runs no close hook that was unregistered', async () => {
+    const kit = kitFor()
+    const ran: string[] = []
+    const off = kit.hub.onClose(() => ran.push('removed'))
+    kit.hub.onClose(() => ran.push('kept'))
+    off()
+    off() // a second call changes nothing
+    await kit.close()
+    expect(ran).toEqual(['kept'])
+  })
+
   it('leaves a client it does not own open', async () => {
     const client = new Redis(redis.url)
     await client.ping()

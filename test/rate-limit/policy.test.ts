@@ -262,6 +262,27 @@ describe('kit.rateLimits on a standalone server', () => {
     expect(Date.now() - started).toBeLessThan(2000)
   })
 
+  it('closing one queue fails its waiting and later calls at once and leaves the kit and other queues working', async () => {
+    const k = kit()
+    const limits = [{ points: 1, duration: '1h' }]
+    const queue = k.rateLimits.queue({ name: 'closed-alone', limits })
+    await queue.take()
+    const waiting = queue.take().then(
+      () => undefined,
+      (error: unknown) => error,
+    )
+    await new Promise((r) => setTimeout(r, 50)) // queued behind the hour-long window
+    const started = Date.now()
+    queue.close()
+    queue.close() // twice is harmless
+    expect(await waiting).toMatchObject({ code: 'E_RATE_LIMIT_QUEUE', policy: 'closed-alone' })
+    expect(Date.now() - started).toBeLessThan(2000)
+    await expect(queue.run(() => 'never')).rejects.toThrow(/queue was closed; create a new one/)
+    const other = k.rateLimits.queue({ name: 'still-open', limits })
+    expect(await other.run(() => 'sent')).toBe('sent')
+    expect(await k.hub.exec((r) => r.ping())).toBe('PONG')
+  })
+
   it('never lets a block end before the window it was earned in, and a refund never lifts it', async () => {
     const k = kit()
     const options = {
