@@ -1,7 +1,13 @@
 import { Redis } from 'ioredis'
 import { RateLimiterRedis, RateLimiterUnion } from 'rate-limiter-flexible'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { ConfigError, createRedkit, RateLimitQueueError, type Redkit } from '../../src/index.js'
+import {
+  ConfigError,
+  createRedkit,
+  type OutboundQueue,
+  RateLimitQueueError,
+  type Redkit,
+} from '../../src/index.js'
 import { type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/index.js'
 
 let redis: StandaloneRedis
@@ -242,6 +248,21 @@ describe('kit.rateLimits on a standalone server', () => {
     await expect(waiting).rejects.toMatchObject({ code: 'E_RATE_LIMIT_QUEUE', policy: 'tiny' })
   })
 
+  /**
+   * Uses the one point of `queue`'s hour-long window and queues a second call behind it; resolves
+   * once it waits, with a promise of the error that call fails with (settled into a value at once,
+   * so a rejection during a later close() is never unhandled; wrapped, so this does not wait for it).
+   */
+  async function queuedBehindWindow(queue: OutboundQueue): Promise<{ waiting: Promise<unknown> }> {
+    await queue.take()
+    const waiting = queue.take().then(
+      () => undefined,
+      (error: unknown) => error,
+    )
+    await new Promise((r) => setTimeout(r, 50))
+    return { waiting }
+  }
+
   it('fails waiting queued calls at once when the kit is closed, not when the window ends', async () => {
     const k = createRedkit({ redis: redis.url, prefix, configFile: false, env: {} })
     const queue = k.rateLimits.queue({
@@ -249,13 +270,7 @@ describe('kit.rateLimits on a standalone server', () => {
       limits: [{ points: 1, duration: '1h' }],
       onRedisError: 'closed',
     })
-    await queue.take()
-    // Settled into a value at once: the rejection arrives during close(), before any await below.
-    const waiting = queue.take().then(
-      () => undefined,
-      (error: unknown) => error,
-    )
-    await new Promise((r) => setTimeout(r, 50)) // queued behind the hour-long window
+    const { waiting } = await queuedBehindWindow(queue)
     const started = Date.now()
     await k.close()
     expect(await waiting).toBeInstanceOf(RateLimitQueueError)
@@ -266,12 +281,7 @@ describe('kit.rateLimits on a standalone server', () => {
     const k = kit()
     const limits = [{ points: 1, duration: '1h' }]
     const queue = k.rateLimits.queue({ name: 'closed-alone', limits })
-    await queue.take()
-    const waiting = queue.take().then(
-      () => undefined,
-      (error: unknown) => error,
-    )
-    await new Promise((r) => setTimeout(r, 50)) // queued behind the hour-long window
+    const { waiting } = await queuedBehindWindow(queue)
     const started = Date.now()
     queue.close()
     queue.close() // twice is harmless
