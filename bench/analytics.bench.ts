@@ -123,7 +123,12 @@ export default async function analyticsBench(): Promise<void> {
     printTable('analytics: middleware cost on a hello-world route', rows, 'express')
 
     const paired = await measureHttpSideBySide(
-      [http('express'), http('express + reads only'), http('express + analytics()')],
+      [
+        http('express'),
+        http('express + listener only'),
+        http('express + reads only'),
+        http('express + analytics()'),
+      ],
       ROUNDS,
     )
     printTable('analytics: middleware cost, side by side (pass = round)', paired, 'express')

@@ -1,7 +1,7 @@
 /**
  * HTTP cases of the analytics bench, built in the pinned server process by bench/lib/serve.ts:
- * a hello-world route, bare, with only the reads the middleware makes, and with the `analytics()`
- * middleware (and with `/metrics` listening).
+ * a hello-world route, bare, with only a middleware layer and a `close` listener, with only the reads
+ * the middleware makes, and with the `analytics()` middleware (and with `/metrics` listening).
  */
 import express from 'express'
 import { analytics, routePattern } from '../middleware/analytics.js'
@@ -47,6 +47,24 @@ async function withAnalytics(context: Record<string, unknown>, prometheus: boole
 }
 
 /**
+ * What any middleware that sees a response end costs before it reads anything: one more Express
+ * layer and a `close` listener per request.
+ */
+async function listenerOnly(): Promise<BuiltCase> {
+  const counter = { handled: 0 }
+  let closed = 0
+  const app = express()
+  app.use((_req, res, next) => {
+    res.on('close', () => {
+      closed++
+    })
+    next()
+  })
+  app.get('/hello', hello(counter))
+  return { app, check: () => ({ handled: counter.handled, closed }) }
+}
+
+/**
  * The floor of any such middleware: on the response's `close`, read what `analytics()` reads (route
  * pattern, status, latency, IP and user agent) and keep only the last of it. No counting, no Redis.
  */
@@ -78,6 +96,7 @@ export const cases: Record<string, (context: Record<string, unknown>) => Promise
     app.get('/hello', hello(counter))
     return { app, check: () => ({ handled: counter.handled }) }
   },
+  'express + listener only': listenerOnly,
   'express + reads only': readsOnly,
   'express + analytics()': (context) => withAnalytics(context, false),
   'express + analytics() + metrics()': (context) => withAnalytics(context, true),
