@@ -323,7 +323,8 @@ export class ConnectionHub {
   }
 
   async #close(): Promise<void> {
-    for (const hook of this.#closeHooks) {
+    // A copy: a hook may unregister itself (an outbound queue does), which must not skip the next.
+    for (const hook of [...this.#closeHooks]) {
       try {
         await hook()
       } catch (error) {

@@ -203,8 +203,14 @@ describe('kit on a standalone server', () => {
     kit.hub.onClose(() => ran.push('kept'))
     off()
     off() // a second call changes nothing
+    // A hook that unregisters itself while the hooks run does not make the next one be skipped.
+    const self = kit.hub.onClose(() => {
+      ran.push('self')
+      self()
+    })
+    kit.hub.onClose(() => ran.push('after self'))
     await kit.close()
-    expect(ran).toEqual(['kept'])
+    expect(ran).toEqual(['kept', 'self', 'after self'])
   })
 
   it('leaves a client it does not own open', async () => {

@@ -271,9 +271,13 @@ describe('kit.rateLimits on a standalone server', () => {
       onRedisError: 'closed',
     })
     const { waiting } = await queuedBehindWindow(queue)
+    // Every queue is closed, although each one unregisters itself from the kit as it closes.
+    const second = k.rateLimits.queue({ name: 'closing-too', limits: [{ points: 1, duration: '1h' }] })
+    const { waiting: waitingToo } = await queuedBehindWindow(second)
     const started = Date.now()
     await k.close()
     expect(await waiting).toBeInstanceOf(RateLimitQueueError)
+    expect(await waitingToo).toBeInstanceOf(RateLimitQueueError)
     expect(Date.now() - started).toBeLessThan(2000)
   })
 
