@@ -280,12 +280,10 @@ export class SessionRepository {
    */
   async extend(id: string, ttlMs: number): Promise<boolean> {
     const key = this.sessionKey(id)
-    const user = (await this.#kit.hub.exec((redis) => EXTEND.run(redis, [key], [ttlMs, INDEX_MARGIN_MS]))) as
-      | string
-      | null
-    if (user === null) return false
-    if (user === '') return true
-    return this.touch(id, ttlMs, user)
+    const reply = await this.#kit.hub.exec((redis) => EXTEND.run(redis, [key], [ttlMs, INDEX_MARGIN_MS]))
+    if (reply === null) return false
+    // A string is the indexed user whose entry must move (see EXTEND); 1: done.
+    return typeof reply === 'string' ? this.touch(id, ttlMs, reply) : true
   }
 
   /**

@@ -106,19 +106,19 @@ return score
 /**
  * Extends a session's TTL and reports whether its index entry must move too, without reading the
  * session's data: most programmatic touches are this one call. KEYS[1] session. ARGV: 1 ttl ms,
- * 2 margin ms (see INDEX_MARGIN_MS). Returns false when the session does not exist, '' when
+ * 2 margin ms (see INDEX_MARGIN_MS). Returns false when the session does not exist, 1 when
  * nothing else is needed (no indexed user, or the entry's score still covers the new expiry with
- * the margin, or a quarter of the TTL if less), else the indexed user id: the caller then moves
- * the entry with TOUCH (and on Cluster INDEX_PUT). The score ('#x') is only rewritten by TOUCH, so
- * it never claims a move that did not happen.
+ * the margin, or a quarter of the TTL if less), else the indexed user id (a string, which may be
+ * empty): the caller then moves the entry with TOUCH (and on Cluster INDEX_PUT). The score ('#x')
+ * is only rewritten by TOUCH, so it never claims a move that did not happen.
  */
 export const EXTEND = new LuaScript(`if redis.call('PEXPIRE', KEYS[1], ARGV[1]) == 0 then return false end
 local user = redis.call('HGET', KEYS[1], '#u')
-if not user then return '' end
+if not user then return 1 end
 local score = tonumber(redis.call('HGET', KEYS[1], '#x') or '0') or 0
 ${NOW}
 local ttl = tonumber(ARGV[1])
-if now + ttl + math.min(tonumber(ARGV[2]), ttl / 4) < score then return '' end
+if now + ttl + math.min(tonumber(ARGV[2]), ttl / 4) < score then return 1 end
 return user
 `)
 

@@ -447,6 +447,15 @@ describe('kit.sessions', () => {
     expect(await ttlOf(id)).toBeGreaterThan(7_000_000)
     expect(await score()).toBeGreaterThan(Date.now() + 2 * 7_000_000)
     expect((await kit.sessions.listForUser('yann')).map((s) => s.id)).toEqual([id])
+    // An empty user id is a user too: its entry moves like any other.
+    const blank = await kit.sessions.create('', {}, { ttl: '1m' })
+    expect(await counted(() => kit.sessions.touch(blank, { ttl: '1h' }))).toEqual({
+      result: true,
+      commands: 2,
+    })
+    expect(Number(await kit.redis.zscore(kit.sessions.repository.indexKey(''), blank))).toBeGreaterThan(
+      Date.now() + 7_000_000,
+    )
     // A session without a user has no index: one call.
     const anonymous = 'touch-anonymous'
     const cookie = { originalMaxAge: null, expires: null, path: '/', httpOnly: true }
