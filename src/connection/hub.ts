@@ -341,6 +341,10 @@ export class ConnectionHub {
   }
 
   async #end(client: RedisClient): Promise<void> {
+    // A connection being closed must not subscribe again: if the answer to its ready check arrives
+    // after disconnect() (close() came while it reconnected), ioredis would re-subscribe on ready
+    // over the closing socket, and that command fails with a rejection nothing can catch.
+    if (!isCluster(client)) client.options.autoResubscribe = false
     // Auto-pipelined commands are written on the next turn of the event loop; let them go out
     // before QUIT so that commands issued just before close() are answered, not refused.
     await new Promise((resolve) => setImmediate(resolve))

@@ -1,3 +1,4 @@
+import { connect, createServer } from 'node:net'
 import { Redis } from 'ioredis'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
@@ -194,6 +195,77 @@ describe('kit on a standalone server', () => {
     const check = new Redis(redis.url)
     expect(await check.get(key)).toBe('first hook')
     await check.quit()
+  })
+
+  it('closes a subscriber caught between connecting and ready without an unhandled rejection', async () => {
+    // A proxy that can hold back the answer to a connection's ready check (INFO): the window in
+    // which close() found the subscriber reconnecting, and ioredis then subscribed again on ready,
+    // on a closing connection, a rejection nobody could catch.
+    const own = await startRedis()
+    let holdNext = false
+    let release = () => {}
+    const proxy = createServer({ allowHalfOpen: true }, (client) => {
+      const server = connect(own.port, '127.0.0.1')
+      const hold = holdNext
+      holdNext = false
+      let holding = false
+      const held: Buffer[] = []
+      client.on('data', (chunk: Buffer) => {
+        // The ready check is a bare INFO (the handshake before it has CLIENT SETINFO).
+        if (hold && chunk.includes('*1\r\n$4\r\ninfo\r\n')) holding = true
+        server.write(chunk)
+      })
+      server.on('data', (chunk: Buffer) => (holding ? held.push(chunk) : client.write(chunk)))
+      if (hold) {
+        release = () => {
+          for (const chunk of held) client.write(chunk)
+          client.end()
+          server.end()
+        }
+      } else {
+        client.on('end', () => server.end())
+        server.on('end', () => client.end())
+      }
+      client.on('error', () => server.destroy())
+      server.on('error', () => client.destroy())
+    })
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r))
+    const port = (proxy.address() as { port: number }).port
+    const kit = createRedkit({ redis: `redis://127.0.0.1:${port}`, prefix, configFile: false, env: {} })
+    const rejections: unknown[] = []
+    const onRejection = (reason: unknown) => rejections.push(reason)
+    process.on('unhandledRejection', onRejection)
+    try {
+      await kit.hub.subscribe('closing', () => undefined)
+      const sub = kit.hub.dedicated('subscriber') as unknown as {
+        status: string
+        stream: { destroy(): void }
+        once(event: 'ready', listener: () => void): void
+        commandQueue: { toArray(): Array<{ command: { name: string } }> }
+      }
+      holdNext = true
+      sub.stream.destroy()
+      await until(async () => {
+        if (sub.status !== 'connect' || !sub.commandQueue.toArray().some((c) => c.command.name === 'info'))
+          throw new Error(`subscriber ${sub.status}, no ready check pending yet`)
+      }, 5000)
+      const closing = kit.close()
+      let readyAfterClose = false
+      sub.once('ready', () => {
+        readyAfterClose = true
+      })
+      await new Promise((r) => setTimeout(r, 50))
+      release() // the answer arrives after close() ended the connection
+      await closing
+      await new Promise((r) => setTimeout(r, 200))
+      expect(readyAfterClose).toBe(true) // the window was hit
+      expect(rejections).toEqual([])
+    } finally {
+      process.off('unhandledRejection', onRejection)
+      release()
+      proxy.close()
+      await own.stop()
+    }
   })
 
   it('runs no close hook that was unregistered', async () => {
