@@ -658,6 +658,10 @@ export class CacheEngine {
         snapshot = policy.tags.length > 0 ? await this.#core.tags.current(policy.tags) : []
         token = await this.acquireLease(key, this.options.leaseMs)
         if (token === null && background) return undefined as T // another process refreshes it
+        if (token !== null && background && stale && (await this.#refreshedSince(rkey, stale))) {
+          void this.releaseLease(key, token)
+          return undefined as T
+        }
         const deadline = Date.now() + this.options.waitMs
         while (token === null && Date.now() < deadline) {
           const read = await this.#waitFor(rkey, deadline - Date.now(), key)
@@ -696,6 +700,16 @@ export class CacheEngine {
     } finally {
       if (token) void this.releaseLease(key, token)
     }
+  }
+
+  /**
+   * True when Redis holds a fresh copy stored after `stale`: another instance refreshed the entry
+   * between the stale read that started this refresh and the lease (its own lease already released).
+   * A fresh GET, not a shared one: a read in flight may have started before that store.
+   */
+  async #refreshedSince(rkey: string, stale: StoredEntry): Promise<boolean> {
+    const current = await this.#fetch(rkey)
+    return current !== undefined && current.storedAt > stale.storedAt && Date.now() < current.freshUntil
   }
 
   /** Stores a factory result; failures never reach the caller (they are reported as events). */

@@ -133,6 +133,28 @@ describe('cache engine: values', () => {
     expect(calls).toBe(2)
   })
 
+  it('a refresh that wins the lease after another instance stored a fresh copy does not run the factory', async () => {
+    let calls = 0
+    const factory = async () => `v${++calls}`
+    const options = { ttl: 100, grace: '1m' }
+    await kitA.cache.getOrSet('refreshed-elsewhere', factory, options)
+    // What another instance's finished refresh leaves: a fresh copy in Redis and its lease released.
+    await kitB.cache.set('fresh-copy', 'from B', { ttl: '1m' })
+    const fresh = await kitB.redis.getBuffer(kitB.cache.redisKey('fresh-copy'))
+    await sleep(150)
+    // It lands between this instance's stale read and its lease: the stale event is emitted as the
+    // refresh starts, before it asks for the lease, and commands on one connection keep their order.
+    const off = kitA.on('cache:stale', ({ key }) => {
+      if (key !== 'refreshed-elsewhere') return
+      off()
+      void kitA.redis.set(kitA.cache.redisKey('refreshed-elsewhere'), fresh!)
+    })
+    expect(await kitA.cache.getOrSet('refreshed-elsewhere', factory, options)).toBe('v1')
+    await sleep(200)
+    expect(calls).toBe(1)
+    expect(await kitB.cache.get('refreshed-elsewhere')).toBe('from B')
+  })
+
   it('serves stale when the factory fails within staleIfError, and throws after it', async () => {
     let fail = false
     const factory = async () => {
