@@ -134,7 +134,7 @@ export async function measureHttp(c: HttpCase, pass: number): Promise<Measuremen
  * pinned to core 0, and loads them at the same time (one autocannon each, warm-up included), so
  * that every case of a round runs on the same machine at the same moment. Row `pass` is the round.
  * Sequential runs differ by 5–10% from drift and from one server process to the next, enough to
- * hide a cost of a few per cent; the median of the per-round ratios does not (see `medianRatios`).
+ * hide a cost of a few per cent; the median of the per-round ratios does not (see `printMedianRatios`).
  * Sharing one core makes every case dearer per request than alone, so compare ratios only.
  */
 export async function measureHttpSideBySide(cases: HttpCase[], rounds: number): Promise<Measurement[]> {

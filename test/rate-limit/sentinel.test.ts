@@ -66,6 +66,7 @@ describe('rate limiter through Sentinel', () => {
         `still answering from memory 30 s after the kill: kit ${k.redis.status}, ${await group.describe()}`,
       )
     }
+    expect(result.source).toBe('redis')
     expect(await group.masterPort()).not.toBe(oldPort)
     // 1 before the failover + the last one (memory-mode answers in between never reached Redis).
     expect(result.limits[0]?.remaining).toBeLessThanOrEqual(8)

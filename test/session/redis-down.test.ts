@@ -1,6 +1,6 @@
 import request from 'supertest'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { createRedkit, type Redkit } from '../../src/index.js'
+import { ConnectionError, createRedkit, type Redkit } from '../../src/index.js'
 import { type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/index.js'
 import { cookieOf, sessionApp } from './app.js'
 
@@ -90,5 +90,21 @@ describe('when Redis is killed', () => {
     expect(res.headers['content-type']).toMatch(/application\/problem\+json/)
     expect(res.headers['set-cookie']).toBeUndefined()
     await redis.server.start()
+  })
+
+  it('kit.sessions.touch rejects with ConnectionError within 3 s while Redis is down, and works after', async () => {
+    await eventually(async () => kit.redis.status === 'ready', 15_000)
+    const id = await kit.sessions.create('down-toucher', { n: 1 }, { ttl: '1m' })
+    await redis.server.kill()
+    const started = Date.now()
+    await expect(kit.sessions.touch(id, { ttl: '2h' })).rejects.toBeInstanceOf(ConnectionError)
+    expect(Date.now() - started).toBeLessThan(3_000)
+    await redis.server.start()
+    // The restart kept nothing: the session is gone, which touch reports instead of recreating it.
+    await eventually(async () => kit.redis.status === 'ready', 15_000)
+    expect(await kit.sessions.touch(id)).toBe(false)
+    const again = await kit.sessions.create('down-toucher', {}, { ttl: '1m' })
+    expect(await kit.sessions.touch(again, { ttl: '2h' })).toBe(true)
+    expect((await kit.sessions.get(again))!.expiresAt).toBeGreaterThan(Date.now() + 7_000_000)
   })
 })
