@@ -703,13 +703,15 @@ export class CacheEngine {
   }
 
   /**
-   * True when Redis holds a fresh copy stored after `stale`: another instance refreshed the entry
-   * between the stale read that started this refresh and the lease (its own lease already released).
+   * True when Redis holds a fresh copy that stays fresh longer than `stale`: another instance
+   * refreshed the entry between the read that started this refresh and the lease (its own lease
+   * already released). Compared by expiry, not by `storedAt`: two stores in the same millisecond
+   * share a `storedAt`, and an early (XFetch) refresh starts from an entry that is still fresh.
    * A fresh GET, not a shared one: a read in flight may have started before that store.
    */
   async #refreshedSince(rkey: string, stale: StoredEntry): Promise<boolean> {
     const current = await this.#fetch(rkey)
-    return current !== undefined && current.storedAt > stale.storedAt && Date.now() < current.freshUntil
+    return current !== undefined && current.freshUntil > stale.freshUntil && Date.now() < current.freshUntil
   }
 
   /** Stores a factory result; failures never reach the caller (they are reported as events). */

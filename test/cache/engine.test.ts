@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { packEntry, unpackEntry } from '../../src/cache/entry.js'
 import { CodecError, ConfigError, createRedkit, type Redkit, type RedkitEventMap } from '../../src/index.js'
 import { type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/index.js'
 
@@ -139,15 +140,18 @@ describe('cache engine: values', () => {
     const options = { ttl: 100, grace: '1m' }
     await kitA.cache.getOrSet('refreshed-elsewhere', factory, options)
     // What another instance's finished refresh leaves: a fresh copy in Redis and its lease released.
+    // Stored in the same millisecond as the stale copy, as a quick refresh elsewhere can be.
     await kitB.cache.set('fresh-copy', 'from B', { ttl: '1m' })
-    const fresh = await kitB.redis.getBuffer(kitB.cache.redisKey('fresh-copy'))
+    const staleCopy = unpackEntry((await kitA.redis.getBuffer(kitA.cache.redisKey('refreshed-elsewhere')))!)!
+    const freshCopy = unpackEntry((await kitB.redis.getBuffer(kitB.cache.redisKey('fresh-copy')))!)!
+    const fresh = packEntry({ ...freshCopy, storedAt: staleCopy.storedAt })
     await sleep(150)
     // It lands between this instance's stale read and its lease: the stale event is emitted as the
     // refresh starts, before it asks for the lease, and commands on one connection keep their order.
     const off = kitA.on('cache:stale', ({ key }) => {
       if (key !== 'refreshed-elsewhere') return
       off()
-      void kitA.redis.set(kitA.cache.redisKey('refreshed-elsewhere'), fresh!)
+      void kitA.redis.set(kitA.cache.redisKey('refreshed-elsewhere'), fresh)
     })
     expect(await kitA.cache.getOrSet('refreshed-elsewhere', factory, options)).toBe('v1')
     await sleep(200)
