@@ -658,10 +658,6 @@ export class CacheEngine {
         snapshot = policy.tags.length > 0 ? await this.#core.tags.current(policy.tags) : []
         token = await this.acquireLease(key, this.options.leaseMs)
         if (token === null && background) return undefined as T // another process refreshes it
-        if (token !== null && background && stale && (await this.#refreshedSince(rkey, stale))) {
-          void this.releaseLease(key, token)
-          return undefined as T
-        }
         const deadline = Date.now() + this.options.waitMs
         while (token === null && Date.now() < deadline) {
           const read = await this.#waitFor(rkey, deadline - Date.now(), key)
@@ -672,6 +668,17 @@ export class CacheEngine {
           }
           // The holder gave up (its factory failed): take over, unless another waiter did.
           token = await this.acquireLease(key, this.options.leaseMs)
+        }
+        // Won, at first or after the holder gave up: another instance may have stored the value and
+        // released its lease since this one read the entry.
+        if (token !== null) {
+          const stored = await this.#storedSince(rkey, stale)
+          if (stored) {
+            void this.releaseLease(key, token)
+            if (background) return undefined as T
+            this.#hit(key, 'l2')
+            return this.#decode<T>(stored)
+          }
         }
       } catch (error) {
         if (!isConnectionError(error)) throw error
@@ -703,15 +710,17 @@ export class CacheEngine {
   }
 
   /**
-   * True when Redis holds a fresh copy that stays fresh longer than `stale`: another instance
-   * refreshed the entry between the read that started this refresh and the lease (its own lease
-   * already released). Compared by expiry, not by `storedAt`: two stores in the same millisecond
-   * share a `storedAt`, and an early (XFetch) refresh starts from an entry that is still fresh.
-   * A fresh GET, not a shared one: a read in flight may have started before that store.
+   * The fresh copy another instance stored between the read that found this entry missing or
+   * stale and the lease this instance just won (that instance's lease already released), or
+   * `undefined`. Without this read, both would run the factory, one after the other. A copy counts
+   * when it stays fresh longer than `stale`: compared by expiry, not by `storedAt`, which two
+   * stores in one millisecond share, and an early (XFetch) refresh starts from an entry still
+   * fresh. A fresh GET, not a shared one: a read in flight may have started before that store.
    */
-  async #refreshedSince(rkey: string, stale: StoredEntry): Promise<boolean> {
+  async #storedSince(rkey: string, stale: StoredEntry | undefined): Promise<StoredEntry | undefined> {
     const current = await this.#fetch(rkey)
-    return current !== undefined && current.freshUntil > stale.freshUntil && Date.now() < current.freshUntil
+    if (current === undefined || Date.now() >= current.freshUntil) return undefined
+    return stale === undefined || current.freshUntil > stale.freshUntil ? current : undefined
   }
 
   /** Stores a factory result; failures never reach the caller (they are reported as events). */

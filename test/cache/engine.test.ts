@@ -159,6 +159,30 @@ describe('cache engine: values', () => {
     expect(await kitB.cache.get('refreshed-elsewhere')).toBe('from B')
   })
 
+  it('a miss that wins the lease after another instance stored the value does not run the factory', async () => {
+    let calls = 0
+    const factory = async () => `v${++calls}`
+    await kitB.cache.set('stored-elsewhere-source', 'from B', { ttl: '1m' })
+    const fresh = await kitB.redis.getBuffer(kitB.cache.redisKey('stored-elsewhere-source'))
+    const hits = record(kitA, 'cache:hit')
+    // What another instance's finished computation leaves (its value stored, its lease released),
+    // landing between this instance's read that missed and its lease request: the miss event is
+    // emitted before the lease is asked for, and commands on one connection keep their order.
+    const off = kitA.on('cache:miss', ({ key }) => {
+      if (key !== 'stored-elsewhere') return
+      off()
+      void kitA.redis.set(kitA.cache.redisKey('stored-elsewhere'), fresh!)
+    })
+    expect(await kitA.cache.getOrSet('stored-elsewhere', factory, { ttl: '1m' })).toBe('from B')
+    expect(calls).toBe(0)
+    expect(hits).toContainEqual({ cache: 'value', key: 'stored-elsewhere', layer: 'l2' })
+    // The lease it won is given back: the next computation of the key does not wait for it.
+    await kitA.cache.delete('stored-elsewhere')
+    const started = Date.now()
+    expect(await kitB.cache.getOrSet('stored-elsewhere', factory, { ttl: '1m' })).toBe('v1')
+    expect(Date.now() - started).toBeLessThan(1000)
+  })
+
   it('serves stale when the factory fails within staleIfError, and throws after it', async () => {
     let fail = false
     const factory = async () => {
