@@ -601,6 +601,9 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
         return origin(req, res, next, lk, mode)
       }
       try {
+        // Another instance may have stored the response and released its lease between this
+        // one's lookup and its lease request: serve that rather than call the origin again.
+        if (await answerFromStore(req, res, lk.primary, false).catch(() => false)) return
         // A handler that never answers must not hold the flight (and its followers) forever.
         await withDeadline(origin(req, res, next, lk, mode), o.leaseMs)
       } finally {
@@ -704,7 +707,8 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
       if (refreshDone) {
         const primary = primaryKey(req)
         const lk = primary ? await lookup(primary, req.headers).catch(() => undefined) : undefined
-        if (!lk) {
+        // Gone, or already refreshed by another instance since this one served the stale copy.
+        if (!lk || (lk.entry && evaluate(lk.entry.meta, req.headers).use === 'fresh')) {
           refreshDone()
           return
         }

@@ -223,6 +223,93 @@ describe('two instances', () => {
     }
   })
 
+  it('a miss that wins the lease after another instance stored the response serves it without the origin', async () => {
+    const p = path('stored-elsewhere')
+    let calls = 0
+    const cache = responseCache(kitA)
+    const app = appWith(cache, (x) =>
+      x.get(p, (_req, res) => {
+        calls++
+        res.set('Cache-Control', 'max-age=60')
+        res.send(`v${calls}`)
+      }),
+    )
+    let key = ''
+    const stored = new Promise<void>((resolve) => {
+      const off = kitA.on('cache:store', (e) => {
+        off()
+        key = e.key
+        resolve()
+      })
+    })
+    await request(app).get(p)
+    await stored
+    // What another instance's finished origin call leaves: the response stored, its lease released.
+    const rkey = cache.store.redisKey(key)
+    const response = await kitA.redis.getBuffer(rkey)
+    await cache.store.delete(key)
+    // It lands between this instance's lookup that missed and its lease request: the miss event
+    // is emitted before the lease is asked for, and commands on one connection keep their order.
+    const off = kitA.on('cache:miss', (e) => {
+      if (e.key !== key) return
+      off()
+      void kitA.redis.set(rkey, response!)
+    })
+    const res = await request(app).get(p)
+    expect(res.text).toBe('v1')
+    expect(res.headers['x-cache']).toBe('HIT')
+    expect(calls).toBe(1)
+  })
+
+  it('a background refresh finds the copy another instance refreshed meanwhile and skips the origin', async () => {
+    const p = path('refreshed-elsewhere')
+    let calls = 0
+    const cache = responseCache(kitA)
+    const app = appWith(cache, (x) =>
+      x.get(p, (_req, res) => {
+        calls++
+        res.set('Cache-Control', calls === 1 ? 'max-age=1, stale-while-revalidate=30' : 'max-age=60')
+        res.send(`v${calls}`)
+      }),
+    )
+    let key = ''
+    const firstStore = new Promise<void>((resolve) => {
+      const off = kitA.on('cache:store', (e) => {
+        off()
+        key = e.key
+        resolve()
+      })
+    })
+    await request(app).get(p)
+    await firstStore
+    // Another instance's refresh, done before this one's: a fresh response (from the same handler).
+    const rkey = cache.store.redisKey(key)
+    const stale = await kitA.redis.getBuffer(rkey)
+    await cache.store.delete(key)
+    const refreshed = nextStore(kitA)
+    await request(app).get(p)
+    await refreshed
+    const fresh = await kitA.redis.getBuffer(rkey)
+    await cache.store.delete(key)
+    await kitA.redis.set(rkey, stale!)
+    await sleep(1100)
+    // It lands between this instance's stale answer and its refresh: the stale event is emitted
+    // before the refresh asks for its lease, and commands on one connection keep their order.
+    const off = kitA.on('cache:stale', (e) => {
+      if (e.key !== key) return
+      off()
+      void kitA.redis.set(rkey, fresh!)
+    })
+    const res = await request(app).get(p)
+    expect(res.headers['x-cache']).toBe('STALE')
+    expect(res.text).toBe('v1')
+    await sleep(300)
+    expect(calls).toBe(2)
+    const after = await request(app).get(p)
+    expect(after.headers['x-cache']).toBe('HIT')
+    expect(after.text).toBe('v2')
+  })
+
   it('a purge on one instance empties the other instance memory tier', async () => {
     const p = path('bus')
     let calls = 0
