@@ -34,7 +34,13 @@ export class KeepAlive {
 
   async #tick(): Promise<void> {
     const lock = this.#lock
-    if (this.#stopped || !lock.valid) return
+    if (this.#stopped || lock.released) return
+    // Past its validity before it could be extended (an event loop blocked longer than half the
+    // ttl, or extensions that kept failing): the holder must hear of it, not carry on unguarded.
+    if (!lock.valid) {
+      this.#lost(lock, undefined)
+      return
+    }
     try {
       await this.#extend(lock)
       this.#schedule(lock.expiresAt - Date.now() - lock.ttlMs / 2)

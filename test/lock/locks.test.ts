@@ -212,6 +212,27 @@ describe('kit.locks.using', () => {
     const key = kitA.keys.module('lock').tagged('steal2', 'steal2')
     const boom = new Error('routine failed')
     const errors: unknown[] = []
+  it('fires the signal when the lease runs out before it could be extended (a blocked event loop)', async () => {
+    const lost: string[] = []
+    const off = kitA.on('lock:lost', ({ resource }) => lost.push(resource))
+    const aborted = await kitA.locks.using(
+      'blocked-loop',
+      async (lock, signal) => {
+        // Blocks past the whole lease: the extension due at half of it cannot run in time.
+        const until = Date.now() + 250
+        while (Date.now() < until) {}
+        await sleep(50)
+        expect(lock.valid).toBe(false)
+        expect(signal.reason).toBeInstanceOf(LockLostError)
+        return signal.aborted
+      },
+      { ttl: 150 },
+    )
+    off()
+    expect(aborted).toBe(true)
+    expect(lost).toEqual(['blocked-loop'])
+  })
+
     const off = kitA.on('error', ({ error }) => errors.push(error))
     const error = await kitA.locks
       .using(
