@@ -169,6 +169,24 @@ export class ConnectionHub {
     })
   }
 
+  /**
+   * Sends a command that undoes one the kit gave up on (a claim or grant that timed out, which a
+   * stalled server may still run): on the same connection it follows the command it undoes. Not
+   * refused by an open circuit, which that very timeout may have opened, and not counted by it.
+   * Never rejects: when it fails, so did the connection the undone command was waiting on.
+   *
+   * @example
+   * hub.undo((redis) => redis.del(claimKey))
+   */
+  undo(operation: (client: RedisClient) => Promise<unknown>): void {
+    if (this.#ended) return
+    try {
+      operation(this.client).catch(() => undefined)
+    } catch {
+      // bad arguments: nothing was sent, so nothing waits to be undone
+    }
+  }
+
   /** Fails the calls past the command timeout; calls sit in start order, so it stops at the first live one. */
   readonly #sweep = (): void => {
     const expired = performance.now() - this.commandTimeoutMs

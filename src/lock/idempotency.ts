@@ -58,9 +58,15 @@ export class IdempotencyStore {
     const fingerprint = digest(fp)
     const token = randomUUID()
     const record = this.key(scope, key)
-    const reply = await this.#kit.hub.exec((redis) =>
-      CLAIM.run(redis, [record], [`p|${fingerprint}|${token}`, leaseMs]),
-    )
+    const claim = `p|${fingerprint}|${token}`
+    const reply = await this.#kit.hub
+      .exec((redis) => CLAIM.run(redis, [record], [claim, leaseMs]))
+      .catch((error: unknown) => {
+        // Given up on (timed out) is not the same as not run: on a stalled server the claim may
+        // still land later, and the client's retry would then find its own key busy for a lease.
+        this.#kit.hub.undo((redis) => DELETE_IF.eval(redis, [record], [claim]))
+        throw error
+      })
     if (reply === 'claimed') return { kind: 'run', token }
     const [value, leftMs] = reply as [string, number]
     const state = value.slice(0, 2)

@@ -394,6 +394,9 @@ export class Locks {
       try {
         reply = await node.run(ACQUIRE, plan.keys, args)
       } catch (error) {
+        // Given up on (timed out) is not the same as not run: a stalled server may still grant it
+        // later, to a token nobody holds. The release queues behind it on the same connection.
+        this.#undo(plan, token)
         return { kind: 'unavailable', cause: error }
       }
       if (typeof reply === 'number') return { kind: 'busy', leftMs: reply }
@@ -445,7 +448,7 @@ export class Locks {
   /** Undoes a failed round everywhere (partial grants would otherwise block until they expire). */
   #undo(plan: Plan, token: string): void {
     const lockKeys = plan.keys.slice(0, plan.n)
-    for (const node of this.#nodes) node.run(RELEASE, lockKeys, [token]).catch(() => undefined)
+    for (const node of this.#nodes) node.undo(RELEASE, lockKeys, [token])
   }
 
   #lock(plan: Plan, token: string, fences: number[], ttlMs: number, expiresAt: number): Lock {

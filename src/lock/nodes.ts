@@ -10,6 +10,8 @@ export interface LockNode {
   /** For messages: `kit` or `host:port`. */
   readonly label: string
   run(script: LuaScript, keys: readonly string[], args: ReadonlyArray<string | number>): Promise<unknown>
+  /** Runs `script` to undo a command given up on; never rejects (see `ConnectionHub.undo`). */
+  undo(script: LuaScript, keys: readonly string[], args: ReadonlyArray<string | number>): void
   close(): Promise<void>
 }
 
@@ -19,6 +21,7 @@ export function kitNode(kit: Redkit): LockNode {
   return {
     label: 'kit',
     run: (script, keys, args) => hub.exec((redis) => script.run(redis, keys, args)),
+    undo: (script, keys, args) => hub.undo((redis) => script.eval(redis, keys, args)),
     close: async () => undefined,
   }
 }
@@ -66,6 +69,9 @@ export function serverNode(server: LockServer, commandTimeoutMs: number, maxRetr
         }
         throw error
       }
+    },
+    undo: (script, keys, args) => {
+      withTimeout(script.eval(client, keys, args), commandTimeoutMs).catch(() => undefined)
     },
     close: async () => {
       if (!owned) return

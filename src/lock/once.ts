@@ -41,6 +41,8 @@ export async function runOnce<T>(
     try {
       reply = await hub.exec((redis) => CLAIM.run(redis, [recordKey], [mine, options.leaseMs]))
     } catch (error) {
+      // A claim given up on (timed out) may still run on a stalled server: drop it if it does.
+      hub.undo((redis) => DELETE_IF.eval(redis, [recordKey], [mine]))
       throw new LockUnavailableError(
         `Cannot run once(${key}): Redis unavailable: ${(error as Error).message}`,
         {

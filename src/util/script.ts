@@ -32,4 +32,17 @@ export class LuaScript {
       return client.eval(this.lua, keys.length, ...keys, ...args)
     }
   }
+
+  /**
+   * Runs the script with EVAL, its whole text: for a command that must work in one go whether or
+   * not the server knows the script, such as an undo sent to a stalled server (its EVALSHA could
+   * time out before NOSCRIPT comes back, and then no EVAL would follow).
+   */
+  eval(
+    client: RedisClient,
+    keys: readonly string[],
+    args: ReadonlyArray<string | number | Buffer>,
+  ): Promise<unknown> {
+    return client.eval(this.lua, keys.length, ...keys, ...args)
+  }
 }

@@ -1,11 +1,14 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
   ConfigError,
+  ConnectionError,
   createLocks,
   createRedkit,
+  IdempotencyStore,
   Lock,
   LockBusyError,
   LockLostError,
+  LockUnavailableError,
   LuaScript,
   type Redkit,
 } from '../../src/index.js'
@@ -208,10 +211,6 @@ describe('kit.locks.using', () => {
     await kitA.redis.del(key)
   })
 
-  it("rethrows the routine's error, not the release failure, when the lease was stolen", async () => {
-    const key = kitA.keys.module('lock').tagged('steal2', 'steal2')
-    const boom = new Error('routine failed')
-    const errors: unknown[] = []
   it('fires the signal when the lease runs out before it could be extended (a blocked event loop)', async () => {
     const lost: string[] = []
     const off = kitA.on('lock:lost', ({ resource }) => lost.push(resource))
@@ -233,6 +232,10 @@ describe('kit.locks.using', () => {
     expect(lost).toEqual(['blocked-loop'])
   })
 
+  it("rethrows the routine's error, not the release failure, when the lease was stolen", async () => {
+    const key = kitA.keys.module('lock').tagged('steal2', 'steal2')
+    const boom = new Error('routine failed')
+    const errors: unknown[] = []
     const off = kitA.on('error', ({ error }) => errors.push(error))
     const error = await kitA.locks
       .using(
@@ -263,6 +266,45 @@ describe('kit.locks.using', () => {
     expect(errors.length).toBeGreaterThan(0)
     await kit.close()
     await local.stop()
+  })
+})
+
+describe('a server that stalls past the command timeout', () => {
+  it('leaves no lock, once() claim or idempotency claim behind once it resumes', async () => {
+    const local = await startRedis()
+    const kit = createRedkit({ redis: local.url, prefix, configFile: false, env: {}, commandTimeout: 200 })
+    try {
+      // Scripts loaded first: on a server that does not know them yet, the stalled EVALSHA would
+      // only answer NOSCRIPT and change nothing.
+      await (await kit.locks.acquire('warm-up')).release()
+      await kit.locks.once('warm-up-job', async () => 'ran')
+      await new IdempotencyStore(kit).begin('POST /pay', 'warm-up', 'fp', 1000)
+      local.server.pause()
+      // Each call gives up after the command timeout, but its command is already on the socket:
+      // the server runs it when it resumes, for a token that nobody holds any more.
+      const failures = await Promise.all([
+        kit.locks.tryAcquire('stalled', { ttl: '10s' }).catch((e: unknown) => e),
+        kit.locks.once('stalled-job', async () => 'ran', { lease: '10s' }).catch((e: unknown) => e),
+        new IdempotencyStore(kit).begin('POST /pay', 'key-1', 'fp', 10_000).catch((e: unknown) => e),
+      ])
+      expect(failures[0]).toBeInstanceOf(LockUnavailableError)
+      expect(failures[1]).toBeInstanceOf(LockUnavailableError)
+      expect(failures[2]).toBeInstanceOf(ConnectionError)
+      await sleep(300)
+      local.server.resume()
+      await kit.redis.ping()
+      const left = (await kit.redis.keys(`${prefix}:*stalled*`)).filter((key) => !key.endsWith(':fence'))
+      const claims = await kit.redis.keys(`${prefix}:idempotency:*key-1*`)
+      expect([...left, ...claims]).toEqual([])
+      const lock = await kit.locks.tryAcquire('stalled')
+      expect(lock).not.toBeNull()
+      await lock?.release()
+      expect(await kit.locks.once('stalled-job', async () => 'ran', { wait: 100 })).toBe('ran')
+    } finally {
+      local.server.resume()
+      await kit.close()
+      await local.stop()
+    }
   })
 })
 
