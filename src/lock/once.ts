@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import { ConfigError, LockBusyError, LockLostError, LockUnavailableError } from '../errors.js'
+import { CodecError, ConfigError, LockBusyError, LockLostError, LockUnavailableError } from '../errors.js'
 import type { Redkit } from '../kit.js'
 import { CLAIM, DELETE_IF, EXPIRE_IF, REPLACE_IF } from './scripts.js'
 
@@ -97,10 +97,7 @@ export async function runOnce<T>(
     Math.max(5, Math.floor(options.leaseMs / 3)),
   )
   timer.unref?.()
-  let value: T
-  try {
-    value = await job(controller.signal)
-  } catch (error) {
+  const giveUp = async (error: unknown): Promise<never> => {
     clearInterval(timer)
     await hub
       .exec((redis) => DELETE_IF.run(redis, [recordKey], [mine]))
@@ -109,8 +106,26 @@ export async function runOnce<T>(
       })
     throw error
   }
+  let value: T
+  let stored: string
+  try {
+    value = await job(controller.signal)
+  } catch (error) {
+    return giveUp(error)
+  }
+  try {
+    stored = JSON.stringify({ v: value })
+  } catch (error) {
+    // Not left claimed: waiting callers would block until the lease lapses, then run it anyway.
+    return giveUp(
+      new CodecError(
+        `once(${key}): the job ran but its result cannot be stored as JSON (${(error as Error).message}); ` +
+          'nothing was recorded, so a later call runs the job again. Return plain JSON data (no BigInt, no cycles).',
+        { cause: error },
+      ),
+    )
+  }
   clearInterval(timer)
-  const stored = JSON.stringify({ v: value })
   try {
     const ok = await hub.exec((redis) =>
       REPLACE_IF.run(redis, [recordKey], [mine, DONE + stored, options.ttlMs]),

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
+  CodecError,
   ConfigError,
   ConnectionError,
   createLocks,
@@ -394,6 +395,21 @@ describe('kit.locks.once', () => {
       }),
     ).rejects.toThrow('smtp down')
     expect(await kitB.locks.once('invoice:2', async () => ++runs)).toBe(2)
+  })
+
+  it('a result that cannot be stored as JSON rejects with CodecError and leaves the key free', async () => {
+    let runs = 0
+    const error = await kitA.locks
+      .once('invoice:bigint', async () => {
+        runs++
+        return 10n
+      })
+      .catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(CodecError)
+    expect((error as CodecError).message).toMatch(/once\(invoice:bigint\).*runs the job again/)
+    expect(await kitA.redis.exists(kitA.keys.module('once').key('invoice:bigint'))).toBe(0)
+    // Not left claimed: the next caller runs at once instead of waiting out a lease.
+    expect(await kitB.locks.once('invoice:bigint', async () => ++runs, { wait: 100 })).toBe(2)
   })
 
   it('a caller that cannot wait for a running job gets LockBusyError', async () => {
