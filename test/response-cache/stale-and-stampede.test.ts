@@ -1,9 +1,9 @@
 import type { Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import type { Express } from 'express'
+import type { Express, RequestHandler } from 'express'
 import request from 'supertest'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { responseCache } from '../../middleware/response-cache.js'
+import { type ResponseCacheMiddleware, responseCache } from '../../middleware/response-cache.js'
 import type { Redkit } from '../../src/index.js'
 import { type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/index.js'
 import { appWith, eventually, makeKit, sleep } from './setup.js'
@@ -27,14 +27,59 @@ afterAll(async () => {
   await redis.stop()
 })
 
-function nextStore(k: Redkit, count = 1): Promise<void> {
+/** Resolves with the key of the `count`th store from now. */
+function nextStore(k: Redkit, count = 1): Promise<string> {
   let left = count
   return new Promise((resolve) => {
-    const off = k.on('cache:store', () => {
+    const off = k.on('cache:store', (e) => {
       if (--left > 0) return
       off()
-      resolve()
+      resolve(e.key)
     })
+  })
+}
+
+/** An app whose handler at `p`, behind `cache`, answers `v<n>` on its nth call with `cacheControl(n)`. */
+function countingApp(cache: RequestHandler, p: string, cacheControl: (n: number) => string) {
+  let calls = 0
+  const app = appWith(cache, (x) =>
+    x.get(p, (_req, res) => {
+      calls++
+      res.set('Cache-Control', cacheControl(calls))
+      res.send(`v${calls}`)
+    }),
+  )
+  return { app, calls: () => calls }
+}
+
+interface Stored {
+  key: string
+  rkey: string
+  bytes: Buffer
+}
+
+/** Requests `p` once on kitA and takes the response it stored out of the cache (memory and Redis). */
+async function takeStored(cache: ResponseCacheMiddleware, app: Express, p: string): Promise<Stored> {
+  const stored = nextStore(kitA)
+  await request(app).get(p)
+  const key = await stored
+  const rkey = cache.store.redisKey(key)
+  const bytes = await kitA.redis.getBuffer(rkey)
+  if (!bytes) throw new Error(`nothing stored under ${rkey}`)
+  await cache.store.delete(key)
+  return { key, rkey, bytes }
+}
+
+/**
+ * Puts `entry` back in Redis, behind the cache's back, when kitA emits `event` for its key: that
+ * event is emitted just before the lease is asked for, and commands on one connection keep their
+ * order, so the write lands between the read that led there and the lease request.
+ */
+function writeOn(event: 'cache:miss' | 'cache:stale', entry: Stored): void {
+  const off = kitA.on(event, (e) => {
+    if (e.key !== entry.key) return
+    off()
+    void kitA.redis.set(entry.rkey, entry.bytes)
   })
 }
 
@@ -225,87 +270,37 @@ describe('two instances', () => {
 
   it('a miss that wins the lease after another instance stored the response serves it without the origin', async () => {
     const p = path('stored-elsewhere')
-    let calls = 0
     const cache = responseCache(kitA)
-    const app = appWith(cache, (x) =>
-      x.get(p, (_req, res) => {
-        calls++
-        res.set('Cache-Control', 'max-age=60')
-        res.send(`v${calls}`)
-      }),
-    )
-    let key = ''
-    const stored = new Promise<void>((resolve) => {
-      const off = kitA.on('cache:store', (e) => {
-        off()
-        key = e.key
-        resolve()
-      })
-    })
-    await request(app).get(p)
-    await stored
+    const origin = countingApp(cache, p, () => 'max-age=60')
     // What another instance's finished origin call leaves: the response stored, its lease released.
-    const rkey = cache.store.redisKey(key)
-    const response = await kitA.redis.getBuffer(rkey)
-    await cache.store.delete(key)
-    // It lands between this instance's lookup that missed and its lease request: the miss event
-    // is emitted before the lease is asked for, and commands on one connection keep their order.
-    const off = kitA.on('cache:miss', (e) => {
-      if (e.key !== key) return
-      off()
-      void kitA.redis.set(rkey, response!)
-    })
-    const res = await request(app).get(p)
+    const stored = await takeStored(cache, origin.app, p)
+    // It lands between this instance's lookup that missed and its lease request.
+    writeOn('cache:miss', stored)
+    const res = await request(origin.app).get(p)
     expect(res.text).toBe('v1')
     expect(res.headers['x-cache']).toBe('HIT')
-    expect(calls).toBe(1)
+    expect(origin.calls()).toBe(1)
   })
 
   it('a background refresh finds the copy another instance refreshed meanwhile and skips the origin', async () => {
     const p = path('refreshed-elsewhere')
-    let calls = 0
     const cache = responseCache(kitA)
-    const app = appWith(cache, (x) =>
-      x.get(p, (_req, res) => {
-        calls++
-        res.set('Cache-Control', calls === 1 ? 'max-age=1, stale-while-revalidate=30' : 'max-age=60')
-        res.send(`v${calls}`)
-      }),
+    const origin = countingApp(cache, p, (n) =>
+      n === 1 ? 'max-age=1, stale-while-revalidate=30' : 'max-age=60',
     )
-    let key = ''
-    const firstStore = new Promise<void>((resolve) => {
-      const off = kitA.on('cache:store', (e) => {
-        off()
-        key = e.key
-        resolve()
-      })
-    })
-    await request(app).get(p)
-    await firstStore
-    // Another instance's refresh, done before this one's: a fresh response (from the same handler).
-    const rkey = cache.store.redisKey(key)
-    const stale = await kitA.redis.getBuffer(rkey)
-    await cache.store.delete(key)
-    const refreshed = nextStore(kitA)
-    await request(app).get(p)
-    await refreshed
-    const fresh = await kitA.redis.getBuffer(rkey)
-    await cache.store.delete(key)
-    await kitA.redis.set(rkey, stale!)
+    const stale = await takeStored(cache, origin.app, p)
+    // Another instance's refresh, done before this one's: a fresh response from the same handler.
+    const fresh = await takeStored(cache, origin.app, p)
+    await kitA.redis.set(stale.rkey, stale.bytes)
     await sleep(1100)
-    // It lands between this instance's stale answer and its refresh: the stale event is emitted
-    // before the refresh asks for its lease, and commands on one connection keep their order.
-    const off = kitA.on('cache:stale', (e) => {
-      if (e.key !== key) return
-      off()
-      void kitA.redis.set(rkey, fresh!)
-    })
-    const res = await request(app).get(p)
+    // It lands between this instance's stale answer and its refresh's lease request.
+    writeOn('cache:stale', fresh)
+    const res = await request(origin.app).get(p)
     expect(res.headers['x-cache']).toBe('STALE')
     expect(res.text).toBe('v1')
     await sleep(300)
-    expect(calls).toBe(2)
-    const after = await request(app).get(p)
+    expect(origin.calls()).toBe(2)
+    const after = await request(origin.app).get(p)
     expect(after.headers['x-cache']).toBe('HIT')
     expect(after.text).toBe('v2')
   })
