@@ -47,7 +47,9 @@ const CLUSTER_BUS_OFFSET = 10_000
  */
 let nextPort = 0
 export async function freePort(options: { bus?: boolean } = {}): Promise<number> {
-  const worker = Number(process.env.VITEST_POOL_ID ?? process.env.VITEST_WORKER_ID ?? 0) % 8
+  // REDKIT_TEST_PORT_SHIFT moves a whole run to other blocks, so two checkouts can run side by side.
+  const shift = Number(process.env.REDKIT_TEST_PORT_SHIFT ?? 0) || 0
+  const worker = (Number(process.env.VITEST_POOL_ID ?? process.env.VITEST_WORKER_ID ?? 0) + shift) % 8
   const base = 10_000 + worker * 1_500
   if (nextPort === 0) nextPort = base + Math.floor(Math.random() * 500)
   for (let tries = 0; tries < 1_500; tries++) {
