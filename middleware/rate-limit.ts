@@ -215,6 +215,7 @@ export function rateLimit(kit: Redkit, options: RateLimitOptions = {}): RequestH
       name: options.name,
       limits: options.limits ?? RATE_LIMIT_DEFAULTS.limits,
       blockDuration: options.blockDuration,
+      blockReplacesWindow: options.blockReplacesWindow,
       onRedisError: options.onRedisError,
     },
     'rateLimit',

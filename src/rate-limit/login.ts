@@ -10,7 +10,10 @@ export interface FailureLimit {
   points: number
   /** Window length. */
   duration: Duration
-  /** How long the key is blocked once the budget is exceeded. */
+  /**
+   * How long the key is blocked once the budget is exceeded, even when the window has longer to
+   * run; then its count starts afresh.
+   */
   blockDuration: Duration
 }
 
@@ -63,7 +66,8 @@ const PER_IP_DEFAULTS: FailureLimit = { points: 100, duration: '1d', blockDurati
  * Brute-force protection for a login: each attempt takes one point from its username + IP budget
  * and one from its IP budget *before* the password is checked (so parallel guesses count at once),
  * and the outcome settles them: success clears the username + IP counter and returns the IP point,
- * failure keeps both. Over a budget, the key is blocked for `blockDuration` on every instance.
+ * failure keeps both. Over a budget, the key is blocked for `blockDuration` on every instance,
+ * then its count starts afresh (the block replaces the window, as in rate-limiter-flexible).
  *
  * @example
  * const guard = new LoginGuard(kit)
@@ -96,6 +100,8 @@ export class LoginGuard {
           { name: 'consecutive-failures', points: consecutive.points, duration: consecutive.duration },
         ],
         blockDuration: consecutive.blockDuration,
+        // A lockout lasts blockDuration, then the count starts afresh (not at the window's end).
+        blockReplacesWindow: true,
         onRedisError,
       },
       'loginProtection.consecutiveFailures',
@@ -105,6 +111,7 @@ export class LoginGuard {
         name: `${name}-ip`,
         limits: [{ name: 'ip-failures', points: perIp.points, duration: perIp.duration }],
         blockDuration: perIp.blockDuration,
+        blockReplacesWindow: true,
         onRedisError,
       },
       'loginProtection.failuresPerIp',

@@ -31,10 +31,21 @@ export interface RateLimitPolicyOptions {
   /**
    * After a request exceeds a limit, reject the key for this long (ms or string) on every
    * instance; each instance then rejects it from memory, without a Redis call, until the block
-   * ends. `0` turns blocking off.
+   * ends. `0` turns blocking off. The block lasts at least until the window the key exceeded
+   * ends, unless `blockReplacesWindow` is set.
    * @default 0
    */
   blockDuration?: Duration
+  /**
+   * How a block (from `blockDuration` or `block()`) relates to the window it falls in. `false`:
+   * it lasts its duration or until that window ends, whichever is later, so a block shorter than
+   * the window never hands out a fresh window early. `true`: it replaces the window, as in
+   * rate-limiter-flexible: the key is rejected for exactly the block's duration, then its count
+   * starts afresh; what failure counters want (a 15-minute lockout within a day-long budget, as
+   * `loginProtection` uses).
+   * @default false
+   */
+  blockReplacesWindow?: boolean
   /**
    * When Redis cannot answer within the command timeout (down, failing over, circuit open):
    * `'memory'` checks the same limits in an in-process limiter (per instance, so the effective
@@ -59,6 +70,7 @@ export interface ResolvedPolicy {
   name: string
   limits: ResolvedLimit[]
   blockMs: number
+  blockReplacesWindow: boolean
   onRedisError: OnRedisError
 }
 
@@ -95,6 +107,14 @@ export function resolvePolicyOptions(options: RateLimitPolicyOptions, field: str
     seen.add(limit.name)
   }
   const blockMs = parseDuration(options.blockDuration ?? 0, `${field}.blockDuration`)
+  const blockReplacesWindow = options.blockReplacesWindow ?? false
+  if (typeof blockReplacesWindow !== 'boolean') {
+    throw new ConfigError(
+      `${field}.blockReplacesWindow`,
+      `must be a boolean, got ${JSON.stringify(blockReplacesWindow)}`,
+      'write blockReplacesWindow: true',
+    )
+  }
   const onRedisError = options.onRedisError ?? 'memory'
   if (!MODES.includes(onRedisError)) {
     throw new ConfigError(
@@ -103,7 +123,7 @@ export function resolvePolicyOptions(options: RateLimitPolicyOptions, field: str
       "write onRedisError: 'memory'",
     )
   }
-  return { name, limits, blockMs, onRedisError }
+  return { name, limits, blockMs, blockReplacesWindow, onRedisError }
 }
 
 function resolveLimit(limit: LimitOptions, field: string): ResolvedLimit {

@@ -64,6 +64,8 @@ export class RateLimitPolicy {
   readonly name: string
   readonly limits: readonly ResolvedLimit[]
   readonly blockMs: number
+  /** True when a block lasts exactly its duration, replacing the window (see the option). */
+  readonly blockReplacesWindow: boolean
   readonly onRedisError: ResolvedPolicy['onRedisError']
   /** The `RateLimit-Policy` field value (draft-ietf-httpapi-ratelimit-headers-11 §3). */
   readonly policyField: string
@@ -74,6 +76,8 @@ export class RateLimitPolicy {
   readonly #limitArgs: number[]
   /** Index of the limit with the shortest window (where `block()` puts its mark). */
   readonly #shortest: number
+  /** Script arguments after the cost: block ms, whether the block replaces the window, limits. */
+  readonly #argsAfterCost: number[]
   /** Script arguments for the common cost of 1, built once. */
   readonly #argsCost1: number[]
   #memory: RateLimiterMemory[] | undefined
@@ -84,10 +88,12 @@ export class RateLimitPolicy {
     this.name = resolved.name
     this.limits = resolved.limits
     this.blockMs = resolved.blockMs
+    this.blockReplacesWindow = resolved.blockReplacesWindow
     this.onRedisError = resolved.onRedisError
     this.policyField = resolved.limits.map((l) => l.policyItem).join(', ')
     this.#limitArgs = resolved.limits.flatMap((l) => [l.points, l.durationMs])
-    this.#argsCost1 = [1, this.blockMs, ...this.#limitArgs]
+    this.#argsAfterCost = [this.blockMs, this.blockReplacesWindow ? 1 : 0, ...this.#limitArgs]
+    this.#argsCost1 = [1, ...this.#argsAfterCost]
     let shortest = 0
     resolved.limits.forEach((l, i) => {
       if (l.durationMs < resolved.limits[shortest]!.durationMs) shortest = i
@@ -111,7 +117,7 @@ export class RateLimitPolicy {
       result = this.#blockedResult(blockedFor, 'block-cache')
     } else {
       const keys = this.#redisKeys(id)
-      const args = cost === 1 ? this.#argsCost1 : [cost, this.blockMs, ...this.#limitArgs]
+      const args = cost === 1 ? this.#argsCost1 : [cost, ...this.#argsAfterCost]
       let reply: number[] | undefined
       try {
         reply = (await this.#kit.hub.exec((redis) =>
@@ -185,7 +191,8 @@ export class RateLimitPolicy {
    * rejects it without a Redis call. As in rate-limiter-flexible, the block is a counter set above
    * its points: the one of the shortest window, whose count matters least. Unlike there, a block
    * never ends before that window does (it would hand out a fresh window early), so it lasts
-   * `durationMs` or until the window ends, whichever is later.
+   * `durationMs` or until the window ends, whichever is later; with `blockReplacesWindow`, it
+   * lasts `durationMs` and the window's count ends with it, as there.
    */
   async block(key: string | number, durationMs: number): Promise<void> {
     const id = normalizeKey(key)
@@ -196,7 +203,7 @@ export class RateLimitPolicy {
     const counter = this.#redisKeys(id)[index]!
     const points = this.limits[index]!.points
     const ms = await this.#kit.hub.exec((redis) =>
-      BLOCK.run(redis, [counter], [points + 1, Math.ceil(durationMs)]),
+      BLOCK.run(redis, [counter], [points + 1, Math.ceil(durationMs), this.blockReplacesWindow ? 1 : 0]),
     )
     this.#rememberBlock(id, Number(ms))
   }
@@ -339,7 +346,17 @@ export class RateLimitPolicy {
     }
     if (!allowed && this.blockMs > 0) {
       this.#rememberBlock(id, this.blockMs)
-      retryAfterMs = Math.max(retryAfterMs, this.blockMs)
+      if (this.blockReplacesWindow) {
+        // As in Redis: each exceeded limit holds the block for exactly blockMs, then counts afresh.
+        for (let i = 0; i < limiters.length; i++) {
+          if (settled[i]!.ok) continue
+          await limiters[i]!.set(id, this.limits[i]!.points + 1, this.blockMs / 1000)
+          limits[i] = { ...limits[i]!, remaining: 0, resetMs: this.blockMs }
+        }
+        retryAfterMs = this.blockMs
+      } else {
+        retryAfterMs = Math.max(retryAfterMs, this.blockMs)
+      }
     }
     return { allowed, retryAfterMs, limits, violated, blocked: false, source: 'memory' }
   }

@@ -52,6 +52,7 @@ export class RateLimits {
       options?.name,
       Array.isArray(options?.limits) ? options.limits.map((l) => [l?.name, l?.points, l?.duration]) : null,
       options?.blockDuration,
+      options?.blockReplacesWindow,
       options?.onRedisError,
     ])
     let policy = this.#policies.get(signature)

@@ -56,6 +56,8 @@ describe('loginProtection', () => {
     expect(blocked.status).toBe(429)
     expect(blocked.headers['content-type']).toMatch(/problem\+json/)
     expect(Number(blocked.headers['retry-after'])).toBeGreaterThan(14 * 60)
+    // blockDuration, not the rest of the hour-long window.
+    expect(Number(blocked.headers['retry-after'])).toBeLessThanOrEqual(15 * 60)
     expect(checks()).toBe(3)
     // The same account from another IP, and another account from this IP, are not blocked.
     await attempt('alice', 'right', '198.51.100.2').expect(200)
@@ -95,6 +97,7 @@ describe('loginProtection', () => {
     const blocked = await attempt('u5', 'wrong', ip)
     expect(blocked.status).toBe(429)
     expect(Number(blocked.headers['retry-after'])).toBeGreaterThan(3500)
+    expect(Number(blocked.headers['retry-after'])).toBeLessThanOrEqual(3600)
     await attempt('erin', 'right', ip).expect(429)
     await attempt('erin', 'right', '203.0.113.51').expect(200)
   })
@@ -124,10 +127,34 @@ describe('loginProtection', () => {
     const a3 = await guard.attempt('gina', '10.0.0.1')
     expect(a3.allowed).toBe(false)
     expect(a3.retryAfterMs).toBeGreaterThan(50_000)
+    // The lockout is blockDuration (1 minute), not the rest of the hour-long window.
+    expect(a3.retryAfterMs).toBeLessThanOrEqual(60_000)
     await guard.unblock('gina', '10.0.0.1')
     const a4 = await guard.attempt('gina', '10.0.0.1')
     expect(a4.allowed).toBe(true)
     await a4.succeeded()
+  })
+
+  it('ends a lockout after blockDuration, not at the end of the window, and then counts afresh', async () => {
+    const guard = new LoginGuard(kit, {
+      name: 'short-lockout',
+      consecutiveFailures: { points: 2, duration: '1h', blockDuration: '1s' },
+    })
+    for (let i = 0; i < 2; i++) (await guard.attempt('hana', '10.0.0.2')).failed()
+    const locked = await guard.attempt('hana', '10.0.0.2')
+    expect(locked.allowed).toBe(false)
+    expect(locked.retryAfterMs).toBeGreaterThan(0)
+    expect(locked.retryAfterMs).toBeLessThanOrEqual(1000)
+    await new Promise((r) => setTimeout(r, 1100))
+    // A fresh budget of two, then locked again for blockDuration.
+    for (let i = 0; i < 2; i++) {
+      const again = await guard.attempt('hana', '10.0.0.2')
+      expect(again.allowed).toBe(true)
+      again.failed()
+    }
+    const relocked = await guard.attempt('hana', '10.0.0.2')
+    expect(relocked.allowed).toBe(false)
+    expect(relocked.retryAfterMs).toBeLessThanOrEqual(1000)
   })
 
   it('rejects invalid budgets at creation', () => {

@@ -81,6 +81,27 @@ describe('rateLimit middleware', () => {
     expect(handled()).toBe(2)
   })
 
+  it('answers a block shorter than the window with its own Retry-After when blockReplacesWindow is set', async () => {
+    const limiter = (blockReplacesWindow: boolean) =>
+      app((name) =>
+        rateLimit(kit, {
+          name,
+          limits: [{ points: 1, duration: '1h' }],
+          blockDuration: '1m',
+          blockReplacesWindow,
+        }),
+      ).app
+    for (const [replaces, seconds] of [
+      [true, 60],
+      [false, 3600],
+    ] as const) {
+      const a = limiter(replaces)
+      await request(a).get('/').expect(200)
+      const blocked = await request(a).get('/').expect(429)
+      expect(Number(blocked.headers['retry-after'])).toBe(seconds)
+    }
+  })
+
   it('adds legacy X-RateLimit-* headers when asked', async () => {
     const { app: a } = app((name) =>
       rateLimit(kit, { name, limits: [{ points: 5, duration: '1m' }], legacyHeaders: true, headers: false }),

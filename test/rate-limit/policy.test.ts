@@ -201,6 +201,34 @@ describe('kit.rateLimits on a standalone server', () => {
     expect(blocked.retryAfterMs).toBeGreaterThan(50_000)
   })
 
+  it('with blockReplacesWindow, blocks for exactly blockDuration and then starts a fresh window', async () => {
+    const k = kit()
+    const options = {
+      name: 'replace-block',
+      limits: [{ name: 'hour', points: 2, duration: '1h' }],
+      blockDuration: '1s',
+      blockReplacesWindow: true,
+    }
+    await k.rateLimits.consume('r', options)
+    await k.rateLimits.consume('r', options)
+    const over = await k.rateLimits.consume('r', options)
+    expect(over).toMatchObject({ allowed: false, blocked: true, violated: ['hour'] })
+    expect(over.retryAfterMs).toBeLessThanOrEqual(1000)
+    const seen = await kit().rateLimits.consume('r', options)
+    expect(seen).toMatchObject({ allowed: false, blocked: true, source: 'redis' })
+    expect(seen.retryAfterMs).toBeLessThanOrEqual(1000)
+    await new Promise((r) => setTimeout(r, 1100))
+    const fresh = await k.rateLimits.consume('r', options)
+    expect(fresh).toMatchObject({ allowed: true, source: 'redis' })
+    expect(fresh.limits[0]?.remaining).toBe(1)
+    expect(fresh.limits[0]?.resetMs).toBeGreaterThan(3_500_000)
+    // A block by hand on such a policy lasts its duration too.
+    await k.rateLimits.block('r', { ...options, duration: '1s' })
+    const byHand = await kit().rateLimits.consume('r', options)
+    expect(byHand).toMatchObject({ allowed: false, blocked: true, source: 'redis' })
+    expect(byHand.retryAfterMs).toBeLessThanOrEqual(1000)
+  })
+
   it('emits ratelimit:allowed and ratelimit:blocked with the policy name', async () => {
     const k = kit()
     const allowed: string[] = []

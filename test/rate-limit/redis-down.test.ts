@@ -2,7 +2,7 @@ import express from 'express'
 import request from 'supertest'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { loginProtection, rateLimit } from '../../middleware/index.js'
-import { createRedkit, type OnRedisError, type Redkit } from '../../src/index.js'
+import { createRedkit, LoginGuard, type OnRedisError, type Redkit } from '../../src/index.js'
 import { type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/index.js'
 
 let redis: StandaloneRedis
@@ -116,6 +116,28 @@ describe('Redis killed during a run', () => {
       expect(res.status).toBe(503)
       expect(res.headers['retry-after']).toBe('1')
       expect(res.body.detail).toMatch(/cannot be checked/)
+    } finally {
+      await redis.server.start()
+    }
+  })
+
+  it("keeps the login guard's lockout to blockDuration in memory too", async () => {
+    const { kit } = setup('memory')
+    const guard = new LoginGuard(kit, {
+      name: 'down-lockout',
+      consecutiveFailures: { points: 2, duration: '1h', blockDuration: '1s' },
+    })
+    await redis.server.kill()
+    try {
+      for (let i = 0; i < 2; i++) (await guard.attempt('ivy', '10.0.0.3')).failed()
+      const locked = await guard.attempt('ivy', '10.0.0.3')
+      expect(locked).toMatchObject({ allowed: false })
+      expect(locked.results.userIp?.source).toBe('memory')
+      expect(locked.retryAfterMs).toBeLessThanOrEqual(1000)
+      await new Promise((r) => setTimeout(r, 1100))
+      const after = await guard.attempt('ivy', '10.0.0.3')
+      expect(after).toMatchObject({ allowed: true })
+      expect(after.results.userIp?.source).toBe('memory')
     } finally {
       await redis.server.start()
     }

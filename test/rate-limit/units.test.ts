@@ -103,6 +103,7 @@ describe('policy options', () => {
       [{ name: 'a/b', limits: [{ points: 1, duration: '1s' }] }, 'p.name'],
       [{ limits: [{ points: 1, duration: '1s' }], onRedisError: 'maybe' }, 'p.onRedisError'],
       [{ limits: [{ points: 1, duration: '1s' }], blockDuration: -1 }, 'p.blockDuration'],
+      [{ limits: [{ points: 1, duration: '1s' }], blockReplacesWindow: 'yes' }, 'p.blockReplacesWindow'],
     ]
     for (const [options, field] of bad) {
       let error: unknown
@@ -121,6 +122,7 @@ describe('policy options', () => {
     expect(p.limits[0]?.name).toBe('100-per-60s')
     expect(p.onRedisError).toBe('memory')
     expect(p.blockMs).toBe(0)
+    expect(p.blockReplacesWindow).toBe(false)
   })
 })
 
