@@ -159,7 +159,10 @@ export class LoginGuard {
     }
   }
 
-  /** Clears every counter and block of `username` + `ip` (for example after a password reset). */
+  /**
+   * Clears every counter and block of `username` + `ip` (for example after a password reset), on
+   * every instance and for every guard of this name, whatever its budgets.
+   */
   async unblock(username: string, ip: string): Promise<void> {
     const user = normalizeUsername(username)
     await Promise.all([

@@ -5,6 +5,7 @@ import { isConnectionError } from '../connection/hub.js'
 import type { ModuleKeys } from '../keys.js'
 import type { Redkit } from '../kit.js'
 import type { ResolvedLimit, ResolvedPolicy } from './options.js'
+import type { PolicyMemory, PolicyResets } from './resets.js'
 import { BLOCK, CONSUME, PEEK, REFUND } from './scripts.js'
 
 declare module '../events.js' {
@@ -81,9 +82,22 @@ export class RateLimitPolicy {
   /** Script arguments for the common cost of 1, built once. */
   readonly #argsCost1: number[]
   #memory: RateLimiterMemory[] | undefined
+  readonly #resets: PolicyResets
+  /** What a reset reaches here; registered under the policy name, held as long as this policy. */
+  readonly #remembered: PolicyMemory = {
+    forget: (id) => this.#forget(id),
+    forgetBlocks: () => this.#forgetBlocks(),
+  }
+  /**
+   * Bumped by every reset that reaches this policy: a check sent before it must not remember the
+   * block its answer reports, which the reset may have lifted since.
+   */
+  #resetEpoch = 0
 
-  constructor(kit: Redkit, resolved: ResolvedPolicy) {
+  constructor(kit: Redkit, resolved: ResolvedPolicy, resets: PolicyResets) {
     this.#kit = kit
+    this.#resets = resets
+    resets.add(resolved.name, this.#remembered)
     this.#keys = kit.keys.module('ratelimit')
     this.name = resolved.name
     this.limits = resolved.limits
@@ -116,6 +130,7 @@ export class RateLimitPolicy {
     if (blockedFor > 0) {
       result = this.#blockedResult(blockedFor, 'block-cache')
     } else {
+      const epoch = this.#resetEpoch
       const keys = this.#redisKeys(id)
       const args = cost === 1 ? this.#argsCost1 : [cost, ...this.#argsAfterCost]
       let reply: number[] | undefined
@@ -128,9 +143,9 @@ export class RateLimitPolicy {
       }
       if (reply) {
         result = this.#parse(reply, cost)
-        if (result.blocked) this.#rememberBlock(id, result.retryAfterMs)
+        if (result.blocked) this.#rememberBlock(id, result.retryAfterMs, epoch)
       } else {
-        result = await this.#fallback(id, cost)
+        result = await this.#fallback(id, cost, epoch)
       }
     }
     const events = this.#kit.events
@@ -177,13 +192,22 @@ export class RateLimitPolicy {
     }
   }
 
-  /** Clears the counters and any block of `key` (in Redis and in this instance's memory). */
+  /**
+   * Clears the counters and any block of `key`: in Redis, in the memory of every policy of this
+   * name in this instance (whatever options it was looked up with), and, over the kit's pub/sub, in
+   * the other instances' (within moments: they stop rejecting the key from memory once the message
+   * arrives). Throws `ConnectionError` when Redis is unreachable; this instance's memory is cleared
+   * all the same.
+   */
   async reset(key: string | number): Promise<void> {
     const id = normalizeKey(key)
-    this.#blocks.delete(id)
-    for (const limiter of this.#memory ?? []) await limiter.delete(id)
     const keys = this.#redisKeys(id)
-    await this.#kit.hub.exec((redis) => redis.del(...keys))
+    try {
+      await this.#kit.hub.exec((redis) => redis.del(...keys))
+    } finally {
+      this.#resets.forget(this.name, id)
+    }
+    await this.#resets.publish(this.name, id)
   }
 
   /**
@@ -197,15 +221,16 @@ export class RateLimitPolicy {
   async block(key: string | number, durationMs: number): Promise<void> {
     const id = normalizeKey(key)
     if (durationMs <= 0) return
+    const epoch = this.#resetEpoch
     // Remembered first: this instance keeps the block even if Redis cannot take it now.
-    this.#rememberBlock(id, durationMs)
+    this.#rememberBlock(id, durationMs, epoch)
     const index = this.#shortest
     const counter = this.#redisKeys(id)[index]!
     const points = this.limits[index]!.points
     const ms = await this.#kit.hub.exec((redis) =>
       BLOCK.run(redis, [counter], [points + 1, Math.ceil(durationMs), this.blockReplacesWindow ? 1 : 0]),
     )
-    this.#rememberBlock(id, Number(ms))
+    this.#rememberBlock(id, Number(ms), epoch)
   }
 
   /** Gives `cost` points back to every limit of `key` (never below zero; windows unchanged). */
@@ -269,9 +294,24 @@ export class RateLimitPolicy {
     return 0
   }
 
-  #rememberBlock(id: string, ms: number): void {
+  /** Remembers a block of `id`, unless a reset reached this policy since `epoch` was read. */
+  #rememberBlock(id: string, ms: number, epoch: number): void {
+    if (epoch !== this.#resetEpoch) return
     const until = Date.now() + ms
     if ((this.#blocks.get(id) ?? 0) < until) this.#blocks.set(id, until)
+    this.#resets.listen()
+  }
+
+  #forget(id: string): void {
+    this.#resetEpoch++
+    this.#blocks.delete(id)
+    // The memory store works synchronously: the counts are gone when delete() returns.
+    for (const limiter of this.#memory ?? []) void limiter.delete(id)
+  }
+
+  #forgetBlocks(): void {
+    this.#resetEpoch++
+    this.#blocks.clear()
   }
 
   #blockedResult(ms: number, source: RateLimitSource): RateLimitResult {
@@ -285,8 +325,8 @@ export class RateLimitPolicy {
     }
   }
 
-  #fallback(id: string, cost: number): Promise<RateLimitResult> | RateLimitResult {
-    if (this.onRedisError === 'memory') return this.#memoryConsume(id, cost)
+  #fallback(id: string, cost: number, epoch: number): Promise<RateLimitResult> | RateLimitResult {
+    if (this.onRedisError === 'memory') return this.#memoryConsume(id, cost, epoch)
     const allowed = this.onRedisError === 'open'
     return {
       allowed,
@@ -310,7 +350,7 @@ export class RateLimitPolicy {
    * even a rejected request, so on any rejection every limit gets the cost back (consume from
    * none, as with Redis).
    */
-  async #memoryConsume(id: string, cost: number): Promise<RateLimitResult> {
+  async #memoryConsume(id: string, cost: number, epoch: number): Promise<RateLimitResult> {
     const limiters = this.#memoryLimiters()
     // Called back to back without awaiting: the memory store updates synchronously, so no other
     // request can interleave between the limits.
@@ -345,7 +385,7 @@ export class RateLimitPolicy {
       }
     }
     if (!allowed && this.blockMs > 0) {
-      this.#rememberBlock(id, this.blockMs)
+      this.#rememberBlock(id, this.blockMs, epoch)
       if (this.blockReplacesWindow) {
         // As in Redis: each exceeded limit holds the block for exactly blockMs, then counts afresh.
         for (let i = 0; i < limiters.length; i++) {

@@ -4,6 +4,7 @@ import { type Duration, parseDuration } from '../util/duration.js'
 import { checkStaticCost, type RateLimitPolicyOptions, resolvePolicyOptions } from './options.js'
 import { RateLimitPolicy, type RateLimitResult } from './policy.js'
 import { OutboundQueue, type QueueSettings } from './queue.js'
+import { PolicyResets } from './resets.js'
 
 /** Options of `kit.rateLimits.consume()`: a policy plus the cost of this call. */
 export interface ConsumeOptions extends RateLimitPolicyOptions {
@@ -37,9 +38,11 @@ const POLICY_CACHE_SIZE = 1000
 export class RateLimits {
   readonly #kit: Redkit
   readonly #policies = new LRUCache<string, RateLimitPolicy>({ max: POLICY_CACHE_SIZE })
+  readonly #resets: PolicyResets
 
   constructor(kit: Redkit) {
     this.#kit = kit
+    this.#resets = new PolicyResets(kit)
   }
 
   /**
@@ -57,7 +60,7 @@ export class RateLimits {
     ])
     let policy = this.#policies.get(signature)
     if (!policy) {
-      policy = new RateLimitPolicy(this.#kit, resolvePolicyOptions(options, field))
+      policy = new RateLimitPolicy(this.#kit, resolvePolicyOptions(options, field), this.#resets)
       this.#policies.set(signature, policy)
     }
     return policy
@@ -74,7 +77,10 @@ export class RateLimits {
     return this.policy(options, 'rateLimits.get').get(key)
   }
 
-  /** Clears the counters and any block of `key` under the policy. */
+  /**
+   * Clears the counters and any block of `key` under the policy, in Redis and in what every
+   * instance remembers of the policy name (the others within moments, over the kit's pub/sub).
+   */
   reset(key: string | number, options: RateLimitPolicyOptions): Promise<void> {
     return this.policy(options, 'rateLimits.reset').reset(key)
   }

@@ -4,9 +4,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { loginProtection } from '../../middleware/index.js'
 import { ConfigError, createRedkit, LoginGuard, type Redkit } from '../../src/index.js'
 import { type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/index.js'
+import { listenForResets } from './listening.js'
 
 let redis: StandaloneRedis
 let kit: Redkit
+const kits: Redkit[] = []
 let n = 0
 
 beforeAll(async () => {
@@ -16,6 +18,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await kit?.close()
+  await Promise.all(kits.map((k) => k.close()))
   await redis?.stop()
 })
 
@@ -133,6 +136,37 @@ describe('loginProtection', () => {
     const a4 = await guard.attempt('gina', '10.0.0.1')
     expect(a4.allowed).toBe(true)
     await a4.succeeded()
+  })
+
+  it('unblock lifts a lockout for every guard of that name, whatever its budgets, on every instance', async () => {
+    // Two app instances on a prefix of their own.
+    const prefix = uniquePrefix('rl-unblock')
+    const [one, two] = [1, 2].map(() =>
+      createRedkit({ redis: redis.url, prefix, configFile: false, env: {} }),
+    )
+    kits.push(one!, two!)
+    await Promise.all([listenForResets(one!), listenForResets(two!)])
+    const budgets = {
+      name: 'unblock-all',
+      consecutiveFailures: { points: 1, duration: '1h', blockDuration: '15m' },
+    }
+    const ip = '10.0.0.4'
+    const here = new LoginGuard(one!, budgets)
+    const remote = new LoginGuard(two!, budgets)
+    ;(await here.attempt('jo', ip)).failed()
+    expect((await here.attempt('jo', ip)).allowed).toBe(false)
+    expect((await remote.attempt('jo', ip)).allowed).toBe(false)
+    expect((await here.attempt('jo', ip)).results.userIp?.source).toBe('block-cache')
+    expect((await remote.attempt('jo', ip)).results.userIp?.source).toBe('block-cache')
+    // A support tool's guard: the same name, the default budgets.
+    await new LoginGuard(one!, { name: 'unblock-all' }).unblock('jo', ip)
+    const again = await here.attempt('jo', ip)
+    expect(again.allowed).toBe(true)
+    await again.cancelled()
+    const deadline = Date.now() + 1000
+    while ((await remote.userIp.get(`${ip}|jo`)).source === 'block-cache' && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 10))
+    expect((await remote.attempt('jo', ip)).allowed).toBe(true)
   })
 
   it('ends a lockout after blockDuration, not at the end of the window, and then counts afresh', async () => {

@@ -9,13 +9,14 @@ import {
   type Redkit,
 } from '../../src/index.js'
 import { type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/index.js'
+import { listenForResets } from './listening.js'
 
 let redis: StandaloneRedis
 const kits: Redkit[] = []
 const prefix = uniquePrefix('ratelimit')
 
-function kit(): Redkit {
-  const k = createRedkit({ redis: redis.url, prefix, commandTimeout: 5000, configFile: false, env: {} })
+function kit(on = prefix): Redkit {
+  const k = createRedkit({ redis: redis.url, prefix: on, commandTimeout: 5000, configFile: false, env: {} })
   kits.push(k)
   return k
 }
@@ -190,6 +191,44 @@ describe('kit.rateLimits on a standalone server', () => {
     expect(fresh.limits[0]?.remaining).toBe(2)
     await k.rateLimits.refund('x', options)
     expect((await k.rateLimits.get('x', options)).limits[0]?.remaining).toBe(3)
+  })
+
+  it('resets a block this instance remembers, whatever blockDuration or duration spelling reset is given', async () => {
+    const k = kit(uniquePrefix('ratelimit-reset'))
+    await listenForResets(k)
+    const limits = [{ points: 1, duration: '1m' }]
+    const options = { name: 'reset-here', limits, blockDuration: '10m' }
+    const spellings = [
+      { name: 'reset-here', limits },
+      { name: 'reset-here', limits: [{ points: 1, duration: 60_000 }], blockDuration: 600_000 },
+    ]
+    for (const [i, spelling] of spellings.entries()) {
+      await k.rateLimits.consume(i, options)
+      expect(await k.rateLimits.consume(i, options)).toMatchObject({ allowed: false, blocked: true })
+      expect((await k.rateLimits.consume(i, options)).source).toBe('block-cache')
+      await k.rateLimits.reset(i, spelling)
+      expect(await k.rateLimits.consume(i, options)).toMatchObject({ allowed: true, source: 'redis' })
+    }
+  })
+
+  it('resets a block that other instances remember, over pub/sub, within moments', async () => {
+    const own = uniquePrefix('ratelimit-reset')
+    const a = kit(own)
+    const b = kit(own)
+    await listenForResets(b)
+    const options = {
+      name: 'reset-everywhere',
+      limits: [{ points: 1, duration: '1m' }],
+      blockDuration: '10m',
+    }
+    await b.rateLimits.consume('k', options)
+    expect(await b.rateLimits.consume('k', options)).toMatchObject({ allowed: false, blocked: true })
+    expect((await b.rateLimits.consume('k', options)).source).toBe('block-cache')
+    await a.rateLimits.reset('k', options)
+    const deadline = Date.now() + 1000
+    while ((await b.rateLimits.get('k', options)).source === 'block-cache' && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 10))
+    expect(await b.rateLimits.consume('k', options)).toMatchObject({ allowed: true, source: 'redis' })
   })
 
   it('keeps a block by hand until the window it falls in ends, so no fresh window comes early', async () => {

@@ -143,6 +143,24 @@ describe('Redis killed during a run', () => {
     }
   })
 
+  it('reset clears what this instance holds in memory under every spelling of the policy, even while Redis is away', async () => {
+    const { kit } = setup('memory')
+    const limits = [{ points: 1, duration: '1m' }]
+    const blocking = { name: 'down-reset', limits, blockDuration: '1m' }
+    await redis.server.kill()
+    try {
+      await kit.rateLimits.consume('r', blocking)
+      expect(await kit.rateLimits.consume('r', blocking)).toMatchObject({ allowed: false, source: 'memory' })
+      expect((await kit.rateLimits.consume('r', blocking)).source).toBe('block-cache')
+      await expect(kit.rateLimits.reset('r', { name: 'down-reset', limits })).rejects.toMatchObject({
+        code: 'E_CONNECTION',
+      })
+      expect(await kit.rateLimits.consume('r', blocking)).toMatchObject({ allowed: true, source: 'memory' })
+    } finally {
+      await redis.server.start()
+    }
+  })
+
   it('goes back to the shared counters once Redis is back', async () => {
     const { app, kit } = setup('memory')
     // The restarted server lost its data; wait for the kit to reconnect.
