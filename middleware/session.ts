@@ -368,7 +368,10 @@ export class RedisSessionStore extends ExpressStore {
       remove,
       ttlMs,
       accessTtlMs: this.#accessTtlMs(session),
-      userId: userField === false ? undefined : (userId ?? null),
+      // Only a change of the user is sent: the data fields merge, so a request that loaded the
+      // session before another one logged in, out or switched user keeps that change, and the
+      // index must keep following it (or revokeAllForUser would miss a logged-in session).
+      userId: userField === false || (snapshot && userId === snapshot.userId) ? undefined : (userId ?? null),
       previousUserId: snapshot?.userId,
       mode: snapshot ? (strict ? 'strict' : 'patch') : 'new',
       expectedVersion: snapshot?.version ?? '',

@@ -44,9 +44,15 @@ export interface WritePlan {
   remove: string[]
   /** New TTL in ms; -1 keeps the current one. */
   ttlMs: number
-  /** `undefined` keeps the stored user; `null` clears it. */
+  /**
+   * `undefined` keeps the stored user, whoever it is now (its index entry still follows a new
+   * TTL); `null` clears it. Send a user only when the caller changed it.
+   */
   userId: string | null | undefined
-  /** The user the caller last saw (to move the index entry when the user changes). */
+  /**
+   * The user the caller last saw: its entry is dropped when the user changes, and moved when it is
+   * kept and still stored.
+   */
   previousUserId: string | undefined
   /** When set, a read with `extend` later extends the session by this TTL (ms). */
   accessTtlMs?: number
@@ -196,14 +202,14 @@ export class SessionRepository {
     const keys = [key]
     let newIndex = 0
     let oldIndex = 0
-    let laterIndex: string | undefined
     let laterRemove: string | undefined
     const user = plan.userId
-    if (typeof user === 'string' && plan.ttlMs >= 0) {
-      if (this.#sameSlot(id, user)) newIndex = keys.push(this.indexKey(user))
-      else laterIndex = this.indexKey(user)
-    }
     const previous = plan.previousUserId
+    // The user whose index entry the script moves: the new one, or the kept one it should find.
+    const indexed = user === undefined ? previous : user
+    if (typeof indexed === 'string' && plan.ttlMs >= 0 && this.#sameSlot(id, indexed)) {
+      newIndex = keys.push(this.indexKey(indexed))
+    }
     if (previous !== undefined && user !== undefined && previous !== user) {
       if (this.#sameSlot(id, previous)) oldIndex = keys.push(this.indexKey(previous))
       else laterRemove = this.indexKey(previous)
@@ -212,7 +218,7 @@ export class SessionRepository {
       id,
       plan.ttlMs,
       user === undefined ? 'keep' : user === null ? 'clear' : 'set',
-      user ?? '',
+      indexed ?? '',
       plan.expectedVersion,
       plan.mode === 'new' ? 'n' : plan.mode === 'patch' ? 'p' : 's',
       newIndex,
@@ -235,8 +241,10 @@ export class SessionRepository {
     }
     if (result.status === 'ok') {
       const follow: Array<Promise<unknown>> = []
-      if (laterIndex && result.indexScore > 0) {
-        const index = laterIndex
+      // The script could not write the entry: the index lives in another slot, or the stored user
+      // is not the one the caller expected (another request changed it meanwhile).
+      if (Number(reply[5]) === 1 && result.indexScore > 0) {
+        const index = this.indexKey(String(reply[6]))
         follow.push(this.#kit.hub.exec((redis) => INDEX_PUT.run(redis, [index], [id, result.indexScore])))
       }
       if (laterRemove) {

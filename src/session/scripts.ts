@@ -25,12 +25,18 @@ end`
 
 /**
  * Writes a session and its per-user index entry in one step.
- * KEYS[1] session hash; KEYS[ARGV[7]] new user index; KEYS[ARGV[8]] old user index.
- * ARGV: 1 id, 2 ttl ms (-1 keeps the current TTL), 3 user mode (set|clear|keep), 4 user id,
- * 5 version loaded by the caller, 6 mode ('n' new: replace; 'p' patch: merge into an existing
- * session; 's' strict patch: refuse when the version moved), 7/8 index key positions (0 = none),
- * 9 number N of fields to set, then N name/value pairs, then names of fields to delete.
- * Returns { status, version, conflict (0|1), expiresAt (ms, 0 if unknown), index score (0 if none) }.
+ * KEYS[1] session hash; KEYS[ARGV[7]] index of the user ARGV[4]; KEYS[ARGV[8]] old user index.
+ * ARGV: 1 id, 2 ttl ms (-1 keeps the current TTL), 3 user mode, 4 user id, 5 version loaded by
+ * the caller, 6 mode ('n' new: replace; 'p' patch: merge into an existing session; 's' strict
+ * patch: refuse when the version moved), 7/8 index key positions (0 = none), 9 number N of fields
+ * to set, then N name/value pairs, then names of fields to delete.
+ * User modes: 'set' indexes the session under ARGV[4], 'clear' drops its user, 'keep' leaves the
+ * stored user as it is (a save that did not change the user must not undo another request's
+ * login, logout or switch, which the merged data fields keep) and only moves its index entry to
+ * the new expiry; ARGV[4] is then the user the caller expects to be stored.
+ * Returns { status, version, conflict (0|1), expiresAt (ms, 0 if unknown), index score (0 if
+ * none), 1 when the caller must still add the index entry (its index was not among KEYS: another
+ * slot on Cluster, or another user than expected) else 0, the indexed user }.
  */
 export const WRITE = new LuaScript(`${INDEX_ADD}
 local key = KEYS[1]
@@ -38,10 +44,10 @@ local mode = ARGV[6]
 local conflict = 0
 if mode ~= 'n' then
   -- a session destroyed meanwhile (logout, revoke) is never brought back by a late write
-  if redis.call('EXISTS', key) == 0 then return {'gone', '', 0, 0, 0} end
+  if redis.call('EXISTS', key) == 0 then return {'gone', '', 0, 0, 0, 0, ''} end
   local stored = redis.call('HGET', key, '#v') or ''
   if stored ~= ARGV[5] then
-    if mode == 's' then return {'conflict', stored, 1, 0, 0} end
+    if mode == 's' then return {'conflict', stored, 1, 0, 0, 0, ''} end
     conflict = 1
   end
 else
@@ -50,10 +56,14 @@ end
 local n = tonumber(ARGV[9])
 if n > 0 then redis.call('HSET', key, unpack(ARGV, 10, 9 + 2 * n)) end
 if #ARGV >= 10 + 2 * n then redis.call('HDEL', key, unpack(ARGV, 10 + 2 * n, #ARGV)) end
+local user = false
 if ARGV[3] == 'set' then
-  redis.call('HSET', key, '#u', ARGV[4])
+  user = ARGV[4]
+  redis.call('HSET', key, '#u', user)
 elseif ARGV[3] == 'clear' then
   redis.call('HDEL', key, '#u', '#x')
+else
+  user = redis.call('HGET', key, '#u')
 end
 local version = redis.call('HINCRBY', key, '#v', 1)
 ${NOW}
@@ -67,15 +77,16 @@ else
   if left > 0 then expires_at = now + left end
 end
 local score = 0
-if ARGV[3] == 'set' and ttl >= 0 then
+local later = 0
+if user and ttl >= 0 then
   score = expires_at + ttl
   redis.call('HSET', key, '#x', score)
+  local new_idx = tonumber(ARGV[7])
+  if new_idx > 0 and user == ARGV[4] then index_add(KEYS[new_idx], ARGV[1], score, now) else later = 1 end
 end
-local new_idx = tonumber(ARGV[7])
-if new_idx > 0 and score > 0 then index_add(KEYS[new_idx], ARGV[1], score, now) end
 local old_idx = tonumber(ARGV[8])
 if old_idx > 0 then redis.call('ZREM', KEYS[old_idx], ARGV[1]) end
-return {'ok', tostring(version), conflict, expires_at, score}
+return {'ok', tostring(version), conflict, expires_at, score, later, user or ''}
 `)
 
 /**

@@ -301,6 +301,48 @@ describe('per-user index', () => {
     await agent.post('/account/set?userId=').expect(200)
     expect(await kit.sessions.listForUser('erin')).toEqual([])
   })
+
+  it('a save that did not change the user keeps the login another request saved meanwhile indexed', async () => {
+    const store = new RedisSessionStore({ kit })
+    const cookie = { originalMaxAge: null, expires: null, path: '/', httpOnly: true }
+    await callback((cb) => store.set('race-login', { cookie, views: 0 } as never, cb))
+    // Two requests load the anonymous session; the first logs in, the second only counts a view.
+    const a = (await callback<Record<string, unknown>>((cb) => store.get('race-login', cb as never)))!
+    const b = (await callback<Record<string, unknown>>((cb) => store.get('race-login', cb as never)))!
+    a.userId = 'mallory'
+    await callback((cb) => store.set('race-login', a as never, cb))
+    b.views = 1
+    await callback((cb) => store.set('race-login', b as never, cb))
+    const stored = await kit.redis.hgetall(keyOf('race-login'))
+    expect(stored['.userId']).toBe('"mallory"')
+    expect(stored['.views']).toBe('1')
+    expect(stored['#u']).toBe('mallory')
+    expect((await kit.sessions.listForUser('mallory')).map((s) => s.id)).toEqual(['race-login'])
+    expect(await kit.sessions.revokeAllForUser('mallory')).toBe(1)
+    expect(await kit.redis.exists(keyOf('race-login'))).toBe(0)
+  })
+
+  it('a save that did not change the user keeps a concurrent switch to another user, and its index', async () => {
+    const store = new RedisSessionStore({ kit })
+    const cookie = { originalMaxAge: null, expires: null, path: '/', httpOnly: true }
+    await callback((cb) => store.set('race-switch', { cookie, userId: 'u1', views: 0 } as never, cb))
+    const a = (await callback<Record<string, unknown>>((cb) => store.get('race-switch', cb as never)))!
+    const b = (await callback<Record<string, unknown>>((cb) => store.get('race-switch', cb as never)))!
+    a.userId = 'u2'
+    await callback((cb) => store.set('race-switch', a as never, cb))
+    b.views = 1
+    await callback((cb) => store.set('race-switch', b as never, cb))
+    const stored = await kit.redis.hgetall(keyOf('race-switch'))
+    expect(stored['.userId']).toBe('"u2"')
+    expect(stored['#u']).toBe('u2')
+    expect(await kit.sessions.listForUser('u1')).toEqual([])
+    expect((await kit.sessions.listForUser('u2')).map((s) => s.id)).toEqual(['race-switch'])
+    // the entry follows the later expiry of the second save
+    const score = Number(await kit.redis.zscore(kit.sessions.repository.indexKey('u2'), 'race-switch'))
+    expect(score).toBe(Number(stored['#x']))
+    expect(score).toBeGreaterThan(Date.now() + 86_400_000)
+    expect(await kit.sessions.revokeAllForUser('u2')).toBe(1)
+  })
 })
 
 describe('RedisSessionStore methods', () => {
