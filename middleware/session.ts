@@ -52,7 +52,9 @@ export interface RedisSessionStoreOptions {
    */
   userField?: string | false
   /**
-   * Largest serialized session in bytes; a larger save fails with `SessionTooLargeError`.
+   * Largest serialized session in bytes (field names and values); a save that would leave a
+   * larger session, merged with what other requests stored meanwhile, fails with
+   * `SessionTooLargeError` and writes nothing.
    * @default 65536
    */
   maxSize?: number
@@ -348,7 +350,8 @@ export class RedisSessionStore extends ExpressStore {
     const { serializer, maxSize, userField } = this.#options
     const { fields, bytes } = encodeFields(session, serializer, maxSize, 'cookie')
     const cookie = serializer.stringify(session.cookie)
-    const total = bytes + Buffer.byteLength(cookie)
+    // Counted as every field is (name and value), as the write script counts the merged session.
+    const total = bytes + Buffer.byteLength('cookie') + Buffer.byteLength(cookie)
     if (total > maxSize) throw new SessionTooLargeError(total, maxSize)
     const userId = userOf(session, userField)
     const snapshot = (session as Snapshotted)[SNAPSHOT]
@@ -375,6 +378,7 @@ export class RedisSessionStore extends ExpressStore {
       previousUserId: snapshot?.userId,
       mode: snapshot ? (strict ? 'strict' : 'patch') : 'new',
       expectedVersion: snapshot?.version ?? '',
+      maxSize,
     })
     if (result.conflicted && this.kit.events.has('session:conflict'))
       this.kit.events.emit('session:conflict', {})

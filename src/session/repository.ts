@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto'
+import { SessionTooLargeError } from '../errors.js'
 import type { ModuleKeys } from '../keys.js'
 import type { Redkit } from '../kit.js'
 import { EXTEND, INDEX_LIST, INDEX_PUT, READ, REMOVE, TOUCH, WRITE } from './scripts.js'
@@ -60,6 +61,12 @@ export interface WritePlan {
   mode: 'new' | 'patch' | 'strict'
   /** Version the caller loaded (for conflict detection). */
   expectedVersion: string
+  /**
+   * Largest size in bytes of the session's data fields once this write is merged into what is
+   * stored (names and values); over it the write is refused with `SessionTooLargeError` and
+   * nothing is written.
+   */
+  maxSize: number
 }
 
 /** Outcome of a write. */
@@ -224,6 +231,7 @@ export class SessionRepository {
       newIndex,
       oldIndex,
       plan.set.length,
+      plan.maxSize,
     ]
     for (const [name, value] of plan.set) args.push(DATA_PREFIX + name, value)
     if (plan.accessTtlMs !== undefined) {
@@ -232,6 +240,7 @@ export class SessionRepository {
     }
     for (const name of plan.remove) args.push(DATA_PREFIX + name)
     const reply = (await this.#kit.hub.exec((redis) => WRITE.run(redis, keys, args))) as unknown[]
+    if (reply[0] === 'too large') throw new SessionTooLargeError(Number(reply[1]), plan.maxSize)
     const result: WriteResult = {
       status: reply[0] as WriteResult['status'],
       version: String(reply[1]),

@@ -29,12 +29,18 @@ end`
  * ARGV: 1 id, 2 ttl ms (-1 keeps the current TTL), 3 user mode, 4 user id, 5 version loaded by
  * the caller, 6 mode ('n' new: replace; 'p' patch: merge into an existing session; 's' strict
  * patch: refuse when the version moved), 7/8 index key positions (0 = none), 9 number N of fields
- * to set, then N name/value pairs, then names of fields to delete.
+ * to set, 10 largest size in bytes of the session's data fields once written (0: no limit), then
+ * N name/value pairs, then names of fields to delete.
+ * The size is checked on the merged result (what is stored, with this write's fields set and
+ * deleted), before anything is written: concurrent writers that each stay under the limit cannot
+ * together store a session that every later save would refuse. A data field counts its name
+ * (without the prefix) and its value, as the callers count them.
  * User modes: 'set' indexes the session under ARGV[4], 'clear' drops its user, 'keep' leaves the
  * stored user as it is (a save that did not change the user must not undo another request's
  * login, logout or switch, which the merged data fields keep) and only moves its index entry to
  * the new expiry; ARGV[4] is then the user the caller expects to be stored.
- * Returns { status, version, conflict (0|1), expiresAt (ms, 0 if unknown), index score (0 if
+ * Returns { status ('ok', 'gone', 'conflict' or 'too large', then with the size in the second
+ * place), version, conflict (0|1), expiresAt (ms, 0 if unknown), index score (0 if
  * none), 1 when the caller must still add the index entry (its index was not among KEYS: another
  * slot on Cluster, or another user than expected) else 0, the indexed user }.
  */
@@ -50,12 +56,39 @@ if mode ~= 'n' then
     if mode == 's' then return {'conflict', stored, 1, 0, 0, 0, ''} end
     conflict = 1
   end
-else
-  redis.call('DEL', key)
 end
 local n = tonumber(ARGV[9])
-if n > 0 then redis.call('HSET', key, unpack(ARGV, 10, 9 + 2 * n)) end
-if #ARGV >= 10 + 2 * n then redis.call('HDEL', key, unpack(ARGV, 10 + 2 * n, #ARGV)) end
+local first = 11
+local limit = tonumber(ARGV[10])
+if limit > 0 then
+  local sizes = {}
+  local total = 0
+  if mode ~= 'n' then
+    for _, name in ipairs(redis.call('HKEYS', key)) do
+      if string.byte(name, 1) == 46 then
+        local size = #name - 1 + redis.call('HSTRLEN', key, name)
+        sizes[name] = size
+        total = total + size
+      end
+    end
+  end
+  for i = first, first + 2 * n - 1, 2 do
+    local name = ARGV[i]
+    if string.byte(name, 1) == 46 then
+      local size = #name - 1 + #ARGV[i + 1]
+      total = total - (sizes[name] or 0) + size
+      sizes[name] = size
+    end
+  end
+  for i = first + 2 * n, #ARGV do
+    total = total - (sizes[ARGV[i]] or 0)
+    sizes[ARGV[i]] = 0
+  end
+  if total > limit then return {'too large', tostring(total), conflict, 0, 0, 0, ''} end
+end
+if mode == 'n' then redis.call('DEL', key) end
+if n > 0 then redis.call('HSET', key, unpack(ARGV, first, first - 1 + 2 * n)) end
+if #ARGV >= first + 2 * n then redis.call('HDEL', key, unpack(ARGV, first + 2 * n, #ARGV)) end
 local user = false
 if ARGV[3] == 'set' then
   user = ARGV[4]

@@ -28,7 +28,8 @@ export interface SessionsOptions {
    */
   ttl?: Duration
   /**
-   * Largest serialized session in bytes (field names and values); larger writes throw `SessionTooLargeError`.
+   * Largest serialized session in bytes (field names and values), as a write would leave it
+   * merged into what is stored; larger writes throw `SessionTooLargeError` and write nothing.
    * @default 65536
    */
   maxSize?: number
@@ -180,6 +181,7 @@ export class Sessions {
       previousUserId: undefined,
       mode: 'new',
       expectedVersion: '',
+      maxSize: this.#options.maxSize,
     })
     return id
   }
@@ -201,7 +203,8 @@ export class Sessions {
   /**
    * Merges `patch` into the session's top-level fields (a field set to `undefined` is deleted),
    * keeping its TTL. Concurrent updates of different fields all persist. Returns false when the
-   * session does not exist (it is never recreated).
+   * session does not exist (it is never recreated). Throws `SessionTooLargeError`, writing
+   * nothing, when the merged session would exceed `maxSize`.
    */
   async update(id: string, patch: Record<string, unknown>): Promise<boolean> {
     const { fields } = encodeFields(patch, this.#options.serializer, this.#options.maxSize)
@@ -214,6 +217,7 @@ export class Sessions {
       previousUserId: undefined,
       mode: 'patch',
       expectedVersion: '',
+      maxSize: this.#options.maxSize,
     })
     return result.status === 'ok'
   }

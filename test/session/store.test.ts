@@ -193,6 +193,28 @@ describe('session() middleware: the express-session contract over HTTP', () => {
     await agent.get('/account/me').expect(200)
   })
 
+  it('refuses the save that would take the merged session over maxSize; the session still saves afterwards', async () => {
+    const store = new RedisSessionStore({ kit, maxSize: 50_000 })
+    const cookie = { originalMaxAge: null, expires: null, path: '/', httpOnly: true }
+    await callback((cb) => store.set('merged-size', { cookie, n: 0 } as never, cb))
+    // Two requests load the small session; each adds 30 KB, under the limit on its own.
+    const a = (await callback<Record<string, unknown>>((cb) => store.get('merged-size', cb as never)))!
+    const b = (await callback<Record<string, unknown>>((cb) => store.get('merged-size', cb as never)))!
+    a.first = 'x'.repeat(30_000)
+    await callback((cb) => store.set('merged-size', a as never, cb))
+    b.second = 'y'.repeat(30_000)
+    const refused = await callback((cb) => store.set('merged-size', b as never, cb)).catch((e: unknown) => e)
+    expect(refused).toBeInstanceOf(SessionTooLargeError)
+    expect((refused as SessionTooLargeError).bytes).toBeGreaterThan(60_000)
+    expect((refused as SessionTooLargeError).maxSize).toBe(50_000)
+    expect(await kit.redis.hexists(keyOf('merged-size'), '.second')).toBe(0)
+    // What is stored stays under the limit, so later saves of this session keep working.
+    const c = (await callback<Record<string, unknown>>((cb) => store.get('merged-size', cb as never)))!
+    c.n = 1
+    await callback((cb) => store.set('merged-size', c as never, cb))
+    expect(await kit.redis.hget(keyOf('merged-size'), '.n')).toBe('1')
+  })
+
   it('accepts a list of secrets: a cookie signed with the previous secret still works after rotation', async () => {
     const oldSecret = 'old-secret-0123456789-abcdefghijklmnopq'
     const before = request.agent(sessionApp(kit, { secret: oldSecret }))
@@ -531,6 +553,29 @@ describe('kit.sessions', () => {
     expect(await kit.sessions.revokeAllForUser('eve')).toBe(0)
     expect(await kit.sessions.get(bobs)).toMatchObject({ userId: 'bob', data: { who: 'bob' } })
     expect(await kit.redis.zcard(kit.sessions.repository.indexKey('eve'))).toBe(0)
+  })
+
+  it('update refuses a patch that would take the stored session over maxSize, and keeps the session as it was', async () => {
+    const id = await kit.sessions.create('grow', { a: 'x'.repeat(30_000) }, { ttl: '1m' })
+    expect(await kit.sessions.update(id, { b: 'y'.repeat(20_000) })).toBe(true)
+    await expect(kit.sessions.update(id, { c: 'z'.repeat(20_000) })).rejects.toBeInstanceOf(
+      SessionTooLargeError,
+    )
+    expect(Object.keys((await kit.sessions.get(id))!.data).sort()).toEqual(['a', 'b'])
+    // replacing a field counts its new size, not both
+    expect(await kit.sessions.update(id, { b: 'w'.repeat(30_000) })).toBe(true)
+    // two concurrent updates that each fit: one of them is refused
+    const id2 = await kit.sessions.create('grow', {}, { ttl: '1m' })
+    const results = await Promise.allSettled([
+      kit.sessions.update(id2, { a: 'x'.repeat(40_000) }),
+      kit.sessions.update(id2, { b: 'y'.repeat(40_000) }),
+    ])
+    expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1)
+    expect(
+      results.filter((r) => r.status === 'rejected' && r.reason instanceof SessionTooLargeError),
+    ).toHaveLength(1)
+    expect(Object.keys((await kit.sessions.get(id2))!.data)).toHaveLength(1)
+    expect(await kit.sessions.update(id2, { small: 1 })).toBe(true)
   })
 
   it('rejects an oversized session and a bad ttl', async () => {
