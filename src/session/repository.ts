@@ -171,14 +171,16 @@ export class SessionRepository {
 
   /**
    * Reads a session; null when absent. Throws the reply error for a key of another type. With
-   * `extend`, also extends it by its stored access TTL in the same round trip (see READ).
+   * `extend`, also extends it by its stored access TTL in the same round trip (see READ), and
+   * when the extended session would outlive its user index entry, moves the entry in a second one
+   * (about once per TTL): a session kept alive by reads alone stays listed and revocable.
    */
-  read(id: string, extend = false): Promise<RawSession | null> {
+  async read(id: string, extend = false): Promise<RawSession | null> {
     const key = this.sessionKey(id)
     const flag = extend ? '1' : '0'
     // The hot path of every request: EVALSHA straight away, EVAL only when the script is unknown.
-    return this.#kit.hub
-      .exec((redis) =>
+    const raw = unpack(
+      await this.#kit.hub.exec((redis) =>
         redis
           .evalsha(READ.sha, 1, key, flag)
           .catch((error: unknown) =>
@@ -186,8 +188,18 @@ export class SessionRepository {
               ? READ.run(redis, [key], [flag])
               : Promise.reject(error),
           ),
-      )
-      .then(unpack)
+      ),
+    )
+    if (
+      extend &&
+      raw?.userId !== undefined &&
+      raw.accessTtlMs > 0 &&
+      !this.indexCovers(raw.accessTtlMs, raw.indexScore)
+    ) {
+      const score = await this.#moveIndex(id, raw.accessTtlMs, raw.userId)
+      if (score > 0) raw.indexScore = score
+    }
+    return raw
   }
 
   /** Reads a session with its remaining TTL in ms. */
@@ -270,24 +282,29 @@ export class SessionRepository {
    * too, but only when the new expiry comes near its score (`indexScore`, as read with the
    * session): most touches are one PEXPIRE.
    */
-  /** True when a touch to `ttlMs` from now would leave the index entry scored `indexScore` valid. */
-  indexCovers(ttlMs: number, indexScore: number): boolean {
-    return Date.now() + ttlMs + Math.min(INDEX_MARGIN_MS, ttlMs / 4) < indexScore
-  }
-
   async touch(id: string, ttlMs: number, userId: string | undefined, indexScore = 0): Promise<boolean> {
     const key = this.sessionKey(id)
     if (userId === undefined || this.indexCovers(ttlMs, indexScore)) {
       return this.#kit.hub.exec((redis) => redis.pexpire(key, ttlMs)).then(isOne)
     }
+    return (await this.#moveIndex(id, ttlMs, userId)) > 0
+  }
+
+  /** True when a touch to `ttlMs` from now would leave the index entry scored `indexScore` valid. */
+  indexCovers(ttlMs: number, indexScore: number): boolean {
+    return Date.now() + ttlMs + Math.min(INDEX_MARGIN_MS, ttlMs / 4) < indexScore
+  }
+
+  /** Extends a session and moves its index entry (see TOUCH); the new score, 0 when it is gone. */
+  async #moveIndex(id: string, ttlMs: number, userId: string): Promise<number> {
+    const key = this.sessionKey(id)
     const index = this.indexKey(userId)
     if (this.#sameSlot(id, userId)) {
-      const score = await this.#kit.hub.exec((redis) => TOUCH.run(redis, [key, index], [ttlMs, id]))
-      return Number(score) > 0
+      return Number(await this.#kit.hub.exec((redis) => TOUCH.run(redis, [key, index], [ttlMs, id])))
     }
     const score = Number(await this.#kit.hub.exec((redis) => TOUCH.run(redis, [key], [ttlMs, id])))
     if (score > 0) await this.#kit.hub.exec((redis) => INDEX_PUT.run(redis, [index], [id, score]))
-    return score > 0
+    return score
   }
 
   /**

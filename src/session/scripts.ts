@@ -191,7 +191,9 @@ return redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
  * reply is markedly cheaper for the client to decode than an HGETALL map of a dozen strings, and
  * this read runs on every request. With ARGV[1] = '1' it also extends the session by its access
  * TTL ('#t', written by the express store on save): the touch a request of an unchanged session
- * would send at its end, done in the same round trip as the read. KEYS[1] session.
+ * would send at its end, done in the same round trip as the read. The reply carries the indexed
+ * user and its entry's score ('#u', '#x'), so the caller sees when the extended session would
+ * outlive that entry and moves it (about once per TTL). KEYS[1] session.
  */
 export const READ = new LuaScript(`local h = redis.call('HGETALL', KEYS[1])
 if #h == 0 then return false end

@@ -365,6 +365,43 @@ describe('per-user index', () => {
     expect(score).toBeGreaterThan(Date.now() + 86_400_000)
     expect(await kit.sessions.revokeAllForUser('u2')).toBe(1)
   })
+  it('a session kept alive by reads alone (get without touch) stays in its index and can be revoked', async () => {
+    const store = new RedisSessionStore({ kit, ttl: 800 })
+    const cookie = { originalMaxAge: null, expires: null, path: '/', httpOnly: true }
+    await callback((cb) => store.set('read-only', { cookie, userId: 'reader' } as never, cb))
+    // Reads extend the session by its TTL; past two TTLs after the save its first entry is gone.
+    for (let i = 0; i < 11; i++) {
+      await sleep(200)
+      expect(await callback((cb) => store.get('read-only', cb))).toMatchObject({ userId: 'reader' })
+    }
+    expect((await kit.sessions.listForUser('reader')).map((s) => s.id)).toEqual(['read-only'])
+    expect(await kit.sessions.revokeAllForUser('reader')).toBe(1)
+    expect(await callback((cb) => store.get('read-only', cb))).toBeNull()
+  })
+
+  it('a read moves the index entry only when the extended session would outlive it', async () => {
+    const store = new RedisSessionStore({ kit, ttl: '1h' })
+    const cookie = { originalMaxAge: null, expires: null, path: '/', httpOnly: true }
+    await callback((cb) => store.set('read-move', { cookie, userId: 'mover' } as never, cb))
+    const index = kit.sessions.repository.indexKey('mover')
+    const counted = async () => {
+      let commands = 0
+      const off = kit.on('command', () => commands++)
+      await callback((cb) => store.get('read-move', cb))
+      off()
+      return commands
+    }
+    expect(await counted()).toBe(1)
+    // An entry that would expire within the margin after the extended session: the read moves it.
+    const near = Date.now() + 3_600_000 + 1_000
+    await kit.redis.hset(keyOf('read-move'), '#x', near)
+    await kit.redis.zadd(index, near, 'read-move')
+    expect(await counted()).toBe(2)
+    const moved = Number(await kit.redis.zscore(index, 'read-move'))
+    expect(moved).toBeGreaterThan(Date.now() + 7_000_000)
+    expect(Number(await kit.redis.hget(keyOf('read-move'), '#x'))).toBe(moved)
+    expect(await counted()).toBe(1)
+  })
 })
 
 describe('RedisSessionStore methods', () => {
