@@ -657,6 +657,10 @@ export function session(kit: Redkit, options: SessionOptions): RequestHandler {
   // Saves a changed session before the response is committed, so a failed save (Redis down, too
   // large, conflict) becomes a clear error response instead of a 200 for state that was not kept:
   // express-session itself sends the response first and reports a failed save afterwards.
+  // Headers already sent (res.write, a piped file, writeHead or flushHeaders before end) cannot be
+  // taken back, and they cannot wait for the save either: writeHead is synchronous, and deferring
+  // it would make headersSent, flushHeaders and write backpressure lie to the handler. Those
+  // responses keep express-session's save at the end; the README says how to save before them.
   function saveBeforeEnd(req: Request, res: Response, next: NextFunction): void {
     const end = res.end
     res.end = function sessionSaveEnd(this: Response, ...args: unknown[]) {

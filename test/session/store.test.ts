@@ -215,6 +215,39 @@ describe('session() middleware: the express-session contract over HTTP', () => {
     expect(await kit.redis.hget(keyOf('merged-size'), '.n')).toBe('1')
   })
 
+  it('a streamed response goes out before the save (a failure becomes an event); an explicit save before the first write makes it an error response', async () => {
+    const failures: unknown[] = []
+    const off = kit.on('error', ({ error }) => failures.push(error))
+    const express = (await import('express')).default
+    const app = express()
+    app.use(session(kit, { secret: SECRET, maxSize: 1_000 }))
+    app.get('/stream', (req, res) => {
+      req.session.blob = 'x'.repeat(5_000)
+      res.write('a')
+      res.end('b')
+    })
+    app.get('/save-then-stream', (req, res, next) => {
+      req.session.blob = 'x'.repeat(Number(req.query.bytes))
+      req.session.save((error) => {
+        if (error) return next(error)
+        res.write('a')
+        res.end('b')
+      })
+    })
+    // Not guaranteed: the status and headers left with the first write, before the save ran.
+    await request(app).get('/stream').expect(200, 'ab')
+    await sleep(50)
+    expect(failures.some((error) => error instanceof SessionTooLargeError)).toBe(true)
+    // The pattern for streamed responses: save first, then stream.
+    const refused = await request(app).get('/save-then-stream?bytes=5000').expect(500)
+    expect(refused.body.title).toBe('Session too large')
+    const ok = await request(app).get('/save-then-stream?bytes=10').expect(200, 'ab')
+    expect(await kit.redis.hget(keyOf(sid(cookieOf(ok.headers['set-cookie'])!)), '.blob')).toBe(
+      '"xxxxxxxxxx"',
+    )
+    off()
+  })
+
   it('accepts a list of secrets: a cookie signed with the previous secret still works after rotation', async () => {
     const oldSecret = 'old-secret-0123456789-abcdefghijklmnopq'
     const before = request.agent(sessionApp(kit, { secret: oldSecret }))
