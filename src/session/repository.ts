@@ -196,7 +196,7 @@ export class SessionRepository {
       raw.accessTtlMs > 0 &&
       !this.indexCovers(raw.accessTtlMs, raw.indexScore)
     ) {
-      const score = await this.#moveIndex(id, raw.accessTtlMs, raw.userId)
+      const { score } = await this.#moveIndex(id, raw.accessTtlMs, raw.userId)
       if (score > 0) raw.indexScore = score
     }
     return raw
@@ -287,7 +287,7 @@ export class SessionRepository {
     if (userId === undefined || this.indexCovers(ttlMs, indexScore)) {
       return this.#kit.hub.exec((redis) => redis.pexpire(key, ttlMs)).then(isOne)
     }
-    return (await this.#moveIndex(id, ttlMs, userId)) > 0
+    return (await this.#moveIndex(id, ttlMs, userId)).exists
   }
 
   /** True when a touch to `ttlMs` from now would leave the index entry scored `indexScore` valid. */
@@ -295,16 +295,31 @@ export class SessionRepository {
     return Date.now() + ttlMs + Math.min(INDEX_MARGIN_MS, ttlMs / 4) < indexScore
   }
 
-  /** Extends a session and moves its index entry (see TOUCH); the new score, 0 when it is gone. */
-  async #moveIndex(id: string, ttlMs: number, userId: string): Promise<number> {
+  /**
+   * Extends a session and moves the index entry of `userId` (see TOUCH). `score` is the entry's new
+   * score, 0 when it did not move. When another request changed the session's user since the
+   * caller read it, the stored user's entry is moved instead (through EXTEND, once).
+   */
+  async #moveIndex(
+    id: string,
+    ttlMs: number,
+    userId: string,
+    again = true,
+  ): Promise<{ exists: boolean; score: number }> {
     const key = this.sessionKey(id)
     const index = this.indexKey(userId)
-    if (this.#sameSlot(id, userId)) {
-      return Number(await this.#kit.hub.exec((redis) => TOUCH.run(redis, [key, index], [ttlMs, id])))
+    const sameSlot = this.#sameSlot(id, userId)
+    const keys = sameSlot ? [key, index] : [key]
+    const score = Number(await this.#kit.hub.exec((redis) => TOUCH.run(redis, keys, [ttlMs, id, userId])))
+    if (score === -1) {
+      if (!again) return { exists: true, score: 0 }
+      const exists = await this.#extend(id, ttlMs, false)
+      return { exists, score: 0 }
     }
-    const score = Number(await this.#kit.hub.exec((redis) => TOUCH.run(redis, [key], [ttlMs, id])))
-    if (score > 0) await this.#kit.hub.exec((redis) => INDEX_PUT.run(redis, [index], [id, score]))
-    return score
+    if (score > 0 && !sameSlot) {
+      await this.#kit.hub.exec((redis) => INDEX_PUT.run(redis, [index], [id, score]))
+    }
+    return { exists: score > 0, score }
   }
 
   /**
@@ -312,12 +327,17 @@ export class SessionRepository {
    * one round trip, plus one more about once per TTL when the user index entry must move. False
    * when the session is gone.
    */
-  async extend(id: string, ttlMs: number): Promise<boolean> {
+  extend(id: string, ttlMs: number): Promise<boolean> {
+    return this.#extend(id, ttlMs, true)
+  }
+
+  async #extend(id: string, ttlMs: number, again: boolean): Promise<boolean> {
     const key = this.sessionKey(id)
     const reply = await this.#kit.hub.exec((redis) => EXTEND.run(redis, [key], [ttlMs, INDEX_MARGIN_MS]))
     if (reply === null) return false
     // A string is the indexed user whose entry must move (see EXTEND); 1: done.
-    return typeof reply === 'string' ? this.touch(id, ttlMs, reply) : true
+    if (typeof reply !== 'string') return true
+    return (await this.#moveIndex(id, ttlMs, reply, again)).exists
   }
 
   /**

@@ -134,12 +134,16 @@ return 1
 
 /**
  * Extends a session's TTL and moves its index entry to the new expiry + one TTL of slack. Never
- * creates a session that is gone. KEYS[1] session; KEYS[2] index (absent on Cluster when it lives
- * in another slot: the caller then adds the entry with INDEX_PUT). ARGV: 1 ttl ms, 2 id.
- * Returns the new index score, or 0 when the session does not exist.
+ * creates a session that is gone. KEYS[1] session; KEYS[2] index of the user ARGV[3] (absent on
+ * Cluster when it lives in another slot: the caller then adds the entry with INDEX_PUT). ARGV:
+ * 1 ttl ms, 2 id, 3 the user the caller read. Returns the new index score, 0 when the session does
+ * not exist, or -1 when its user is no longer ARGV[3] (another request changed it since): the
+ * session is extended but '#x' and the index are left alone, so the score never claims an entry of
+ * the stored user that was not moved.
  */
 export const TOUCH = new LuaScript(`${INDEX_ADD}
 if redis.call('PEXPIRE', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], '#u') ~= ARGV[3] then return -1 end
 ${NOW}
 local score = now + 2 * tonumber(ARGV[1])
 redis.call('HSET', KEYS[1], '#x', score)

@@ -398,6 +398,23 @@ describe('per-user index', () => {
     expect(score).toBeGreaterThan(Date.now() + 86_400_000)
     expect(await kit.sessions.revokeAllForUser('u2')).toBe(1)
   })
+  it("a touch that moves the index entry after another request switched the user moves that user's entry", async () => {
+    const store = new RedisSessionStore({ kit, ttl: '1m' })
+    const cookie = { originalMaxAge: null, expires: null, path: '/', httpOnly: true }
+    await callback((cb) => store.set('touch-switch', { cookie, userId: 't1' } as never, cb))
+    const a = (await callback<Record<string, unknown>>((cb) => store.get('touch-switch', cb as never)))!
+    const b = (await callback<Record<string, unknown>>((cb) => store.get('touch-switch', cb as never)))!
+    b.userId = 't2'
+    await callback((cb) => store.set('touch-switch', b as never, cb))
+    // The first request ends unchanged with a longer cookie: its touch outlives the index entry.
+    ;(a.cookie as { maxAge: number }).maxAge = 3_600_000
+    await callback((cb) => store.touch('touch-switch', a as never, cb))
+    const score = Number(await kit.redis.zscore(kit.sessions.repository.indexKey('t2'), 'touch-switch'))
+    expect(score).toBeGreaterThan(Date.now() + 7_000_000)
+    expect(Number(await kit.redis.hget(keyOf('touch-switch'), '#x'))).toBe(score)
+    expect(await kit.redis.zscore(kit.sessions.repository.indexKey('t1'), 'touch-switch')).toBeNull()
+  })
+
   it('a session kept alive by reads alone (get without touch) stays in its index and can be revoked', async () => {
     const store = new RedisSessionStore({ kit, ttl: 800 })
     const cookie = { originalMaxAge: null, expires: null, path: '/', httpOnly: true }
