@@ -11,7 +11,9 @@ export interface LockRouteOptions {
    */
   resource: (req: Request) => string | readonly string[] | null | undefined
   /**
-   * Lease length; extended while the request runs, released when the response ends.
+   * Lease length; extended while the request runs, released when the response ends. If the client
+   * goes away first, the lease is no longer extended: it is released when the handler ends its
+   * response, or runs out (firing `res.locals.lock.signal`).
    * @default '30s'
    */
   ttl?: Duration
@@ -116,15 +118,23 @@ export function lockRoute(kit: Redkit, options: LockRouteOptions): RequestHandle
       releasing ??= hold.stop()
       return releasing
     }
+    let ended = false
     // The lease is released before the response's last bytes go out, so a client's next request
     // never finds the resource still held by the request it just got an answer to.
     const end = res.end
     res.end = function lockRouteEnd(this: Response, ...args: unknown[]) {
       res.end = end
+      ended = true
       void release().then(() => (end as (...a: unknown[]) => Response).apply(this, args))
       return this
     } as Response['end']
-    res.once('close', () => void release())
+    // A client that goes away (a proxy timeout) does not stop the handler: freeing the resource
+    // now would let the client's retry run beside it. The lease is kept but no longer extended,
+    // so it is released when the handler ends its response, or runs out within one ttl, firing
+    // lock.signal for a handler still at work.
+    res.once('close', () => {
+      if (!ended) hold.lapse()
+    })
     res.locals.lock = lock
     next()
   }

@@ -486,10 +486,12 @@ export class Locks {
 
   /**
    * @internal For middleware: holds `lock` alive until `stop()` (which releases it, never throws).
+   * `lapse()` stops extending without releasing: the lease then runs out by itself, firing
+   * `lock.signal` and `lock:lost`, unless `stop()` releases it first.
    */
-  hold(lock: Lock): { stop(): Promise<void> } {
+  hold(lock: Lock): { stop(): Promise<void>; lapse(): void } {
     const keeper = this.#keepAlive(lock)
-    return { stop: () => this.#finish(lock, keeper) }
+    return { stop: () => this.#finish(lock, keeper), lapse: () => keeper.lapse() }
   }
 }
 

@@ -1,8 +1,10 @@
+import { request as httpRequest, type Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import express from 'express'
 import request from 'supertest'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { lockRoute } from '../../middleware/index.js'
-import { ConfigError, createRedkit, type Lock, type Redkit } from '../../src/index.js'
+import { ConfigError, createRedkit, type Lock, LockLostError, type Redkit } from '../../src/index.js'
 import { type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/redis-server.js'
 
 const prefix = uniquePrefix('lockroute')
@@ -19,6 +21,47 @@ afterAll(async () => {
   await kit?.close()
   await redis?.stop()
 })
+
+async function until(condition: () => boolean, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time')
+    await sleep(10)
+  }
+}
+
+async function listen(a: express.Express): Promise<Server> {
+  const server = a.listen(0, '127.0.0.1')
+  await new Promise((r) => server.once('listening', r))
+  return server
+}
+
+function close(server: Server): Promise<void> {
+  server.closeAllConnections()
+  return new Promise((r) => server.close(() => r()))
+}
+
+/**
+ * POSTs to `path` and resolves with the status. With `abort` (ms, or a promise) the client goes
+ * away after that long (a proxy timeout): 'aborted'. A connection the server drops: 'reset'.
+ */
+function post(
+  server: Server,
+  path: string,
+  abort?: number | Promise<void>,
+): Promise<number | 'aborted' | 'reset'> {
+  const { port } = server.address() as AddressInfo
+  return new Promise((resolve) => {
+    const req = httpRequest({ host: '127.0.0.1', port, path, method: 'POST' }, (res) => {
+      res.resume()
+      res.once('end', () => resolve(res.statusCode ?? 0))
+    })
+    req.once('error', () => resolve(abort === undefined ? 'reset' : 'aborted'))
+    if (typeof abort === 'number') setTimeout(() => req.destroy(), abort)
+    else abort?.then(() => req.destroy())
+    req.end()
+  })
+}
 
 function app(wait?: number) {
   const a = express()
@@ -64,6 +107,85 @@ describe('lockRoute', () => {
     const responses = await Promise.all([1, 2, 3].map(() => request(a).post('/orders/2/ship')))
     expect(responses.map((r) => r.status)).toEqual([200, 200, 200])
     expect(new Set(fences).size).toBe(3)
+  })
+
+  it('keeps the resource locked while the handler still runs after its client went away', async () => {
+    for (const wait of [0, 2000]) {
+      let running = 0
+      let max = 0
+      const a = express()
+      a.post(
+        '/jobs/:id',
+        lockRoute(kit, { resource: (req) => `job:${wait}:${req.params.id}`, ttl: '5s', wait }),
+        async (_req, res) => {
+          running++
+          max = Math.max(max, running)
+          await sleep(500)
+          running--
+          res.json({ ok: true })
+        },
+      )
+      const server = await listen(a)
+      try {
+        const first = post(server, '/jobs/1', 100)
+        await sleep(150)
+        const second = await post(server, '/jobs/1')
+        // With wait 0 the retry is told the resource is busy; with a wait it gets it once the
+        // first handler has ended its response.
+        expect(second).toBe(wait === 0 ? 409 : 200)
+        expect(await first).toBe('aborted')
+        await until(() => running === 0)
+        expect(await post(server, '/jobs/1')).toBe(200)
+        expect(max).toBe(1)
+      } finally {
+        await close(server)
+      }
+    }
+  })
+
+  it('lets the lease run out, firing lock.signal, when the client is gone and the handler outlives it', async () => {
+    let closedAt = 0
+    let lostAt = 0
+    let reason: unknown
+    let calls = 0
+    const lost: unknown[] = []
+    const off = kit.on('lock:lost', (p) => lost.push(p))
+    const a = express()
+    a.post(
+      '/slow/:id',
+      lockRoute(kit, { resource: (req) => `slow:${req.params.id}`, ttl: 300 }),
+      async (_req, res) => {
+        res.once('close', () => {
+          closedAt = Date.now()
+        })
+        const signal = (res.locals.lock as Lock).signal
+        // The first request works long past its lease; the later one answers at once.
+        const workMs = calls++ === 0 ? 3000 : 0
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, workMs)
+          signal.addEventListener('abort', () => {
+            lostAt = Date.now()
+            reason = signal.reason
+            clearTimeout(timer)
+            resolve()
+          })
+        })
+        res.json({ ok: true })
+      },
+    )
+    const server = await listen(a)
+    try {
+      expect(await post(server, '/slow/1', 50)).toBe('aborted')
+      await until(() => lostAt > 0)
+      expect(reason).toBeInstanceOf(LockLostError)
+      expect(lost).toEqual([{ resource: 'slow:1' }])
+      // Never held longer than one lease after the client left.
+      expect(lostAt - closedAt).toBeLessThanOrEqual(300 + 50)
+      expect(await post(server, '/slow/1')).toBe(200)
+    } finally {
+      off()
+      await close(server)
+    }
   })
 
   it('lets requests through unlocked when the resource function returns null', async () => {
