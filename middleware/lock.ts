@@ -84,6 +84,7 @@ export function lockRoute(kit: Redkit, options: LockRouteOptions): RequestHandle
     const gone = new AbortController()
     const onClose = () => gone.abort()
     res.once('close', onClose)
+    if (res.destroyed) gone.abort()
     let lock: Lock
     try {
       lock = await locks.acquire(resource, {
@@ -112,6 +113,15 @@ export function lockRoute(kit: Redkit, options: LockRouteOptions): RequestHandle
       return
     }
     res.off('close', onClose)
+    if (gone.signal.aborted) {
+      // Gone while the lease was being granted: its close has passed, so nothing would ever end
+      // this response or let the lease go. The handler does not run, as for a client gone while
+      // waiting.
+      locks.release(lock).catch((error: unknown) => {
+        kit.events.emit('error', { error: error as Error, connection: 'lock' })
+      })
+      return
+    }
     const hold = locks.hold(lock)
     let releasing: Promise<void> | undefined
     const release = () => {

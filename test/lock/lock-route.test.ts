@@ -188,6 +188,56 @@ describe('lockRoute', () => {
     }
   })
 
+  it('does not run the handler, and frees the lock, when the client leaves while the lease is being granted', async () => {
+    let asked = false
+    let ran = 0
+    const granted: unknown[] = []
+    const off = kit.on('lock:acquired', (p) => granted.push(p.resource))
+    const a = express()
+    a.post(
+      '/grant/:id',
+      lockRoute(kit, {
+        resource: (req) => {
+          asked = true
+          return `grant:${req.params.id}`
+        },
+        ttl: '1s',
+      }),
+      () => {
+        // Never answers: its client is gone, so nothing will end the response.
+        ran++
+      },
+    )
+    const server = await listen(a)
+    let leave!: () => void
+    const left = new Promise<void>((r) => {
+      leave = r
+    })
+    try {
+      // The grant is held up on a stalled server while the client goes away.
+      redis.server.pause()
+      const client = post(server, '/grant/1', left)
+      await until(() => asked)
+      await sleep(50)
+      leave()
+      expect(await client).toBe('aborted')
+      await sleep(50)
+      redis.server.resume()
+      // Released as soon as it is granted, well before its 1 s lease could lapse.
+      await sleep(200)
+      // The lease was granted (after the client had left), then let go at once.
+      expect(granted).toEqual(['grant:1'])
+      expect(ran).toBe(0)
+      const lock = await kit.locks.tryAcquire('grant:1', { ttl: '1s' })
+      expect(lock).not.toBeNull()
+      await lock?.release()
+    } finally {
+      off()
+      redis.server.resume()
+      await close(server)
+    }
+  })
+
   it('lets requests through unlocked when the resource function returns null', async () => {
     const { app: a } = app()
     const res = await request(a).post('/open')
