@@ -1,6 +1,7 @@
 import type { Request, RequestHandler, Response } from 'express'
 import type { Duration, Lock, Locks, Redkit } from '../src/index.js'
 import { ConfigError, LockBusyError, LockUnavailableError, parseDuration } from '../src/index.js'
+import { endAfter } from './end-after.js'
 import { sendProblem, sendUnavailable } from './problem.js'
 
 /** Options of {@link lockRoute}. */
@@ -135,7 +136,7 @@ export function lockRoute(kit: Redkit, options: LockRouteOptions): RequestHandle
     res.end = function lockRouteEnd(this: Response, ...args: unknown[]) {
       res.end = end
       ended = true
-      void release().then(() => (end as (...a: unknown[]) => Response).apply(this, args))
+      endAfter(kit, this, end, args, release(), 'lock')
       return this
     } as Response['end']
     // A client that goes away (a proxy timeout) does not stop the handler: freeing the resource

@@ -238,6 +238,36 @@ describe('lockRoute', () => {
     }
   })
 
+  it('drops the connection, reports the error and frees the lock when the response cannot be ended', async () => {
+    const rejections: unknown[] = []
+    const onRejection = (reason: unknown) => rejections.push(reason)
+    process.on('unhandledRejection', onRejection)
+    const errors: Array<{ error: Error; connection: string }> = []
+    const off = kit.on('error', (p) => errors.push(p))
+    const a = express()
+    a.post('/bad/:id', lockRoute(kit, { resource: (req) => `bad:${req.params.id}` }), (_req, res) => {
+      // Node refuses it when the head is written, inside end().
+      res.statusCode = 1000
+      res.end('x')
+    })
+    const server = await listen(a)
+    try {
+      const answer = await Promise.race([post(server, '/bad/1'), sleep(2000).then(() => 'hung')])
+      expect(answer).toBe('reset')
+      expect(errors.map((e) => [e.connection, (e.error as NodeJS.ErrnoException).code])).toEqual([
+        ['lock', 'ERR_HTTP_INVALID_STATUS_CODE'],
+      ])
+      expect(rejections).toEqual([])
+      const lock = await kit.locks.tryAcquire('bad:1')
+      expect(lock).not.toBeNull()
+      await lock?.release()
+    } finally {
+      off()
+      process.off('unhandledRejection', onRejection)
+      await close(server)
+    }
+  })
+
   it('lets requests through unlocked when the resource function returns null', async () => {
     const { app: a } = app()
     const res = await request(a).post('/open')
