@@ -82,6 +82,11 @@ const NOT_REPLAYED = new Set([
   'set-cookie',
 ])
 
+// Answers that say this request was not carried out now, not what its result is: a timeout, a
+// conflict with a concurrent request (a route lock mounted after us), too early, rate limited.
+// Like a 5xx they are not stored, so a retry with the same key runs instead of replaying them.
+const NOT_STORED_STATUSES = new Set([408, 409, 425, 429])
+
 function defaultScope(req: Request): string {
   const user = (req as Request & { user?: { id?: unknown } }).user
   if (user && (typeof user.id === 'string' || typeof user.id === 'number')) return `user:${user.id}`
@@ -214,8 +219,8 @@ function badKey(res: Response, detail: string): void {
  * response (status, headers, body) is stored for `ttl`, per client scope; a retry with the same
  * key and request fingerprint gets the stored response without running the handler (marked
  * `Idempotent-Replayed: true`); the same key with another fingerprint gets 422; a retry while the
- * first is still running gets 409 with `Retry-After`. 5xx responses are not stored, so the client
- * may retry them. Redis down: 503 (fails closed: running the handler unguarded could duplicate it).
+ * first is still running gets 409 with `Retry-After`. 5xx, 408, 409, 425 and 429 responses are not
+ * stored, so the client may retry them. Redis down: 503 (fails closed: running the handler unguarded could duplicate it).
  *
  * @example
  * app.post('/payments', express.json(), idempotency(kit, { required: true }), pay)
@@ -363,7 +368,7 @@ function record(
 
   const settle = (): Promise<unknown> => {
     // 5xx is not stored: the failure may be transient and the client may retry with the same key.
-    if (res.statusCode >= 500 || tooLarge)
+    if (res.statusCode >= 500 || NOT_STORED_STATUSES.has(res.statusCode) || tooLarge)
       return store.abort(claim.scope, claim.key, claim.fingerprint, claim.token)
     const headers: Record<string, string | string[]> = {}
     for (const [name, value] of Object.entries(res.getHeaders())) {

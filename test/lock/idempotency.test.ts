@@ -1,7 +1,7 @@
 import express from 'express'
 import request from 'supertest'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { idempotency } from '../../middleware/index.js'
+import { idempotency, lockRoute } from '../../middleware/index.js'
 import { ConfigError, createRedkit, type Redkit } from '../../src/index.js'
 import { type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/redis-server.js'
 
@@ -230,6 +230,66 @@ describe('idempotency: replay, conflicts, mismatches', () => {
     await request(app).get('/payments').set('Idempotency-Key', 'same')
     await request(app).post('/payments').send({ amount: 1 })
     expect(counter.calls).toBe(4)
+  })
+})
+
+describe('idempotency: answers that are not the result', () => {
+  it('does not store a 409 from a route lock behind it, so the retry runs the handler', async () => {
+    const counter = { calls: 0 }
+    const app = express()
+    app.use(express.json())
+    app.use(idempotency(kitA))
+    app.post(
+      '/orders/:id/ship',
+      lockRoute(kitA, { resource: (req) => `order:${req.params.id}` }),
+      (req, res) => {
+        counter.calls++
+        res.json({ shipped: req.params.id })
+      },
+    )
+    const held = await kitA.locks.acquire('order:7')
+    const busy = await request(app).post('/orders/7/ship').set('Idempotency-Key', 'ship-7').send({})
+    expect(busy.status).toBe(409)
+    expect(busy.body.title).toBe('Resource is locked')
+    await held.release()
+    const retry = await request(app).post('/orders/7/ship').set('Idempotency-Key', 'ship-7').send({})
+    expect(retry.status).toBe(200)
+    expect(retry.headers['idempotent-replayed']).toBeUndefined()
+    expect(retry.body).toEqual({ shipped: '7' })
+    expect(counter.calls).toBe(1)
+    const again = await request(app).post('/orders/7/ship').set('Idempotency-Key', 'ship-7').send({})
+    expect(again.headers['idempotent-replayed']).toBe('true')
+    expect(again.body).toEqual({ shipped: '7' })
+    expect(counter.calls).toBe(1)
+  })
+
+  it('does not store 408, 425 or 429 answers (a timeout, too early, rate limited)', async () => {
+    for (const status of [408, 425, 429]) {
+      const counter = { calls: 0 }
+      let refuse = true
+      const app = express()
+      app.use(express.json())
+      app.use(idempotency(kitA))
+      app.post(
+        '/limited',
+        (_req, res, next) => {
+          if (!refuse) return next()
+          res.status(status).set('Retry-After', '1').json({ status })
+        },
+        (_req, res) => {
+          counter.calls++
+          res.status(201).json({ done: true })
+        },
+      )
+      const key = `limited-${status}`
+      const first = await request(app).post('/limited').set('Idempotency-Key', key).send({})
+      expect(first.status).toBe(status)
+      refuse = false
+      const retry = await request(app).post('/limited').set('Idempotency-Key', key).send({})
+      expect(retry.status).toBe(201)
+      expect(retry.headers['idempotent-replayed']).toBeUndefined()
+      expect(counter.calls).toBe(1)
+    }
   })
 })
 
