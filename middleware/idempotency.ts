@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto'
 import type { Request, RequestHandler, Response } from 'express'
+import { type HeaderMap, mergeHeaderArgument } from '../src/http-cache/index.js'
 import type { Duration, Redkit, StoredResponse } from '../src/index.js'
 import { ConfigError, IdempotencyStore, isConnectionError, parseDuration } from '../src/index.js'
 import { sendProblem, sendUnavailable } from './problem.js'
@@ -348,8 +349,16 @@ function record(
       chunks.length = 0
     } else chunks.push(buffer)
   }
+  const writeHead = res.writeHead
   const write = res.write
   const end = res.end
+  // Headers given to writeHead(status, [message,] headers) are not in res.getHeaders() when none
+  // were set before it (no X-Powered-By): they are taken from the call.
+  const headArgument: HeaderMap = {}
+  res.writeHead = function idempotencyWriteHead(this: Response, ...args: unknown[]) {
+    mergeHeaderArgument(headArgument, typeof args[1] === 'string' ? args[2] : args[1])
+    return (writeHead as (...a: unknown[]) => Response).apply(this, args)
+  } as Response['writeHead']
   res.write = function idempotencyWrite(this: Response, chunk: unknown, ...rest: unknown[]) {
     keep(chunk, rest[0])
     return (write as (...args: unknown[]) => boolean).call(this, chunk, ...rest)
@@ -371,7 +380,8 @@ function record(
     if (res.statusCode >= 500 || NOT_STORED_STATUSES.has(res.statusCode) || tooLarge)
       return store.abort(claim.scope, claim.key, claim.fingerprint, claim.token)
     const headers: Record<string, string | string[]> = {}
-    for (const [name, value] of Object.entries(res.getHeaders())) {
+    const sent: HeaderMap = { ...res.getHeaders(), ...headArgument }
+    for (const [name, value] of Object.entries(sent)) {
       if (value === undefined || NOT_REPLAYED.has(name) || name === o.replayHeader.toLowerCase()) continue
       headers[name] = Array.isArray(value) ? value.map(String) : String(value)
     }

@@ -194,8 +194,12 @@ export function captureResponse(
   }
 }
 
-/** Adds the headers passed to `writeHead(status, headers)` (object or flat array form). */
-function mergeHeaderArgument(into: HeaderMap, extra: unknown): void {
+/**
+ * Adds the headers passed to `writeHead(status, headers)` (object or flat array form). Node keeps
+ * them out of `res.getHeaders()` when nothing was set with `setHeader` before, so whoever records
+ * a response must take them from the call.
+ */
+export function mergeHeaderArgument(into: HeaderMap, extra: unknown): void {
   if (!extra || typeof extra !== 'object') return
   if (Array.isArray(extra)) {
     // Flat [name, value, name, value] or [[name, value], ...].

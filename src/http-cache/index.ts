@@ -6,7 +6,7 @@
 export type { Directives, HeaderMap, HeaderValue } from './cache-control.js'
 export { headerText, parseCacheControl, parseHttpDate, splitList } from './cache-control.js'
 export type { Captured, CaptureOptions } from './capture.js'
-export { captureResponse } from './capture.js'
+export { captureResponse, mergeHeaderArgument } from './capture.js'
 export type { ResponseEntry, StoredEntry, StoredHeader, StoredMeta, VaryMarker } from './entry.js'
 export { decodeEntry, encodeResponse, encodeVaryMarker } from './entry.js'
 export { strongEtag } from './etag.js'

@@ -233,6 +233,42 @@ describe('idempotency: replay, conflicts, mismatches', () => {
   })
 })
 
+describe('idempotency: what is replayed', () => {
+  it('replays the headers a handler passed to writeHead', async () => {
+    const counter = { calls: 0 }
+    const app = express()
+    // Without X-Powered-By nothing is set before writeHead, and Node keeps its headers to itself.
+    app.disable('x-powered-by')
+    app.use(express.json())
+    app.use(idempotency(kitA))
+    app.post('/orders', (_req, res) => {
+      counter.calls++
+      const body = JSON.stringify({ id: 9 })
+      res.writeHead(201, { 'Content-Type': 'application/json', Location: '/orders/9' })
+      res.end(body)
+    })
+    app.post('/created', (_req, res) => {
+      counter.calls++
+      res.writeHead(201, 'Made', { 'Content-Type': 'text/plain', 'X-Order': '10' })
+      res.end('made')
+    })
+    const first = await request(app).post('/orders').set('Idempotency-Key', 'wh-1').send({})
+    const second = await request(app).post('/orders').set('Idempotency-Key', 'wh-1').send({})
+    expect(second.headers['idempotent-replayed']).toBe('true')
+    expect(second.status).toBe(201)
+    expect(second.headers['content-type']).toBe('application/json')
+    expect(second.headers.location).toBe('/orders/9')
+    expect(second.body).toEqual(first.body)
+    const made = await request(app).post('/created').set('Idempotency-Key', 'wh-2').send({})
+    const madeAgain = await request(app).post('/created').set('Idempotency-Key', 'wh-2').send({})
+    expect(madeAgain.headers['idempotent-replayed']).toBe('true')
+    expect(madeAgain.headers['content-type']).toBe('text/plain')
+    expect(madeAgain.headers['x-order']).toBe('10')
+    expect(madeAgain.text).toBe(made.text)
+    expect(counter.calls).toBe(2)
+  })
+})
+
 describe('idempotency: answers that are not the result', () => {
   it('does not store a 409 from a route lock behind it, so the retry runs the handler', async () => {
     const counter = { calls: 0 }
