@@ -312,7 +312,12 @@ function toList(value: string | string[] | undefined): string[] | undefined {
 
 function replay(res: Response, stored: StoredResponse, replayHeader: string): void {
   res.statusCode = stored.status
-  for (const [name, value] of Object.entries(stored.headers)) res.setHeader(name, value)
+  // A field this response already has was set by middleware that ran before us for this request
+  // (CORS for this Origin, a request id, rate-limit counters): it describes this request, so it is
+  // kept, and the stored fields fill in the rest.
+  for (const [name, value] of Object.entries(stored.headers)) {
+    if (!res.hasHeader(name)) res.setHeader(name, value)
+  }
   res.setHeader(replayHeader, 'true')
   res.setHeader('Content-Length', stored.body.length)
   res.end(stored.body)

@@ -267,6 +267,46 @@ describe('idempotency: what is replayed', () => {
     expect(madeAgain.text).toBe(made.text)
     expect(counter.calls).toBe(2)
   })
+
+  it('keeps the headers earlier middleware set on this request (CORS, request id) over the stored ones', async () => {
+    const counter = { calls: 0 }
+    let requests = 0
+    const app = express()
+    app.use((req, res, next) => {
+      // A CORS middleware allowing several origins, and a request id.
+      if (req.headers.origin) {
+        res.setHeader('Access-Control-Allow-Origin', req.headers.origin)
+        res.setHeader('Vary', 'Origin')
+      }
+      res.setHeader('X-Request-Id', `r-${++requests}`)
+      next()
+    })
+    app.use(express.json())
+    app.use(idempotency(kitA))
+    app.post('/payments', (_req, res) => {
+      counter.calls++
+      res.status(201).set('X-Payment', `p-${counter.calls}`).json({ id: counter.calls })
+    })
+    const first = await request(app)
+      .post('/payments')
+      .set('Origin', 'https://a.example')
+      .set('Idempotency-Key', 'cors-1')
+      .send({ amount: 1 })
+    expect(first.headers['access-control-allow-origin']).toBe('https://a.example')
+    const second = await request(app)
+      .post('/payments')
+      .set('Origin', 'https://b.example')
+      .set('Idempotency-Key', 'cors-1')
+      .send({ amount: 1 })
+    expect(second.headers['idempotent-replayed']).toBe('true')
+    expect(second.headers['access-control-allow-origin']).toBe('https://b.example')
+    expect(second.headers.vary).toBe('Origin')
+    expect(second.headers['x-request-id']).toBe('r-2')
+    // What only the handler set is still replayed.
+    expect(second.headers['x-payment']).toBe('p-1')
+    expect(second.body).toEqual({ id: 1 })
+    expect(counter.calls).toBe(1)
+  })
 })
 
 describe('idempotency: answers that are not the result', () => {
