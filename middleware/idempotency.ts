@@ -3,6 +3,7 @@ import type { Request, RequestHandler, Response } from 'express'
 import { type HeaderMap, mergeHeaderArgument } from '../src/http-cache/index.js'
 import type { Duration, Redkit, StoredResponse } from '../src/index.js'
 import { ConfigError, IdempotencyStore, isConnectionError, parseDuration } from '../src/index.js'
+import { endAfter } from './end-after.js'
 import { sendProblem, sendUnavailable } from './problem.js'
 
 /** Options of {@link idempotency}. */
@@ -340,19 +341,25 @@ function record(
 ): void {
   const chunks: Buffer[] = []
   let size = 0
-  let tooLarge = false
+  // Larger than maxBodySize, or a chunk that is neither text nor bytes (Node refuses to send it).
+  let dropped = false
+  const drop = () => {
+    dropped = true
+    chunks.length = 0
+  }
   const keep = (chunk: unknown, encoding: unknown) => {
-    if (tooLarge || chunk === undefined || chunk === null || typeof chunk === 'function') return
+    if (dropped || chunk === undefined || chunk === null || typeof chunk === 'function') return
     const buffer = Buffer.isBuffer(chunk)
       ? chunk
       : typeof chunk === 'string'
         ? Buffer.from(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : 'utf8')
-        : Buffer.from(chunk as Uint8Array)
+        : chunk instanceof Uint8Array
+          ? Buffer.from(chunk)
+          : undefined
+    if (!buffer) return drop()
     size += buffer.length
-    if (size > o.maxBodySize) {
-      tooLarge = true
-      chunks.length = 0
-    } else chunks.push(buffer)
+    if (size > o.maxBodySize) drop()
+    else chunks.push(buffer)
   }
   const writeHead = res.writeHead
   const write = res.write
@@ -382,7 +389,9 @@ function record(
 
   const settle = (): Promise<unknown> => {
     // 5xx is not stored: the failure may be transient and the client may retry with the same key.
-    if (res.statusCode >= 500 || NOT_STORED_STATUSES.has(res.statusCode) || tooLarge)
+    // Nor is a status below 200, no final answer (and below 100 one Node refuses to send).
+    const status = res.statusCode
+    if (status < 200 || status >= 500 || NOT_STORED_STATUSES.has(status) || dropped)
       return store.abort(claim.scope, claim.key, claim.fingerprint, claim.token)
     const headers: Record<string, string | string[]> = {}
     const sent: HeaderMap = { ...res.getHeaders(), ...headArgument }
@@ -390,7 +399,7 @@ function record(
       if (value === undefined || NOT_REPLAYED.has(name) || name === o.replayHeader.toLowerCase()) continue
       headers[name] = Array.isArray(value) ? value.map(String) : String(value)
     }
-    const response: StoredResponse = { status: res.statusCode, headers, body: Buffer.concat(chunks) }
+    const response: StoredResponse = { status, headers, body: Buffer.concat(chunks) }
     return store.complete(claim.scope, claim.key, claim.fingerprint, claim.token, response, o.ttlMs)
   }
 
@@ -402,9 +411,7 @@ function record(
     keep(chunk, rest[0])
     // The record is settled before the last bytes go out, so a retry sent once the client has
     // this answer is replayed rather than told the first request is still running.
-    void settle()
-      .catch(onError)
-      .then(() => (end as (...args: unknown[]) => Response).call(this, chunk, ...rest))
+    endAfter(kit, this, end, [chunk, ...rest], settle().catch(onError), 'idempotency')
     return this
   } as Response['end']
 

@@ -369,6 +369,67 @@ describe('idempotency: answers that are not the result', () => {
   })
 })
 
+describe('idempotency: a response that cannot be ended', () => {
+  it('drops the connection, reports the error and frees the key when the real end throws', async () => {
+    const rejections: unknown[] = []
+    const onRejection = (reason: unknown) => rejections.push(reason)
+    process.on('unhandledRejection', onRejection)
+    const errors: Array<{ error: Error; connection: string }> = []
+    const off = kitA.on('error', (p) => errors.push(p))
+    const counter = { calls: 0 }
+    // Statuses Node refuses, and a body that is neither text nor bytes.
+    const bad = [
+      { key: 'status-1000', status: 1000, body: 'x', code: 'ERR_HTTP_INVALID_STATUS_CODE' },
+      { key: 'status-99', status: 99, body: 'x', code: 'ERR_HTTP_INVALID_STATUS_CODE' },
+      { key: 'number-body', status: 200, body: 42, code: 'ERR_INVALID_ARG_TYPE' },
+    ]
+    let spoil: (typeof bad)[number] | undefined
+    const app = express()
+    app.use(express.json())
+    app.use(idempotency(kitA))
+    app.post('/end', (_req, res) => {
+      counter.calls++
+      const broken = spoil
+      spoil = undefined
+      if (!broken) {
+        res.status(201).json({ ok: true })
+        return
+      }
+      res.statusCode = broken.status
+      res.end(broken.body as string)
+    })
+    const outcome = (key: string) =>
+      request(app)
+        .post('/end')
+        .set('Idempotency-Key', key)
+        .send({})
+        .timeout(2000)
+        .then(
+          (r) => r.status,
+          (e: NodeJS.ErrnoException) => e.code ?? 'error',
+        )
+    try {
+      for (const broken of bad) {
+        const { key, code } = broken
+        errors.length = 0
+        spoil = broken
+        const calls = counter.calls
+        expect(await outcome(key)).toBe('ECONNRESET')
+        expect(errors.map((e) => [e.connection, (e.error as NodeJS.ErrnoException).code])).toEqual([
+          ['idempotency', code],
+        ])
+        // Nothing was stored and the key is free: the retry runs the handler.
+        expect(await outcome(key)).toBe(201)
+        expect(counter.calls).toBe(calls + 2)
+      }
+      expect(rejections).toEqual([])
+    } finally {
+      off()
+      process.off('unhandledRejection', onRejection)
+    }
+  })
+})
+
 describe('idempotency: custom fingerprint', () => {
   it('uses any text as a fingerprint, separators included', async () => {
     const counter = { calls: 0 }
