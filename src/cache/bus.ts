@@ -3,7 +3,8 @@ import type { Redkit } from '../kit.js'
 
 /** What one instance tells the others. `i` is the sender, so it can skip its own messages. */
 export type BusMessage =
-  | { i: string; t: 'keys'; k: string[] }
+  /** Keys written or deleted; `e`: the identity of the entry written (one key written). */
+  | { i: string; t: 'keys'; k: string[]; e?: string }
   | { i: string; t: 'tags'; v: Record<string, number> }
   | { i: string; t: 'clear'; p: string }
 

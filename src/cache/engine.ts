@@ -7,7 +7,8 @@ import type { Redkit } from '../kit.js'
 import { type Duration, parseDuration } from '../util/duration.js'
 import { LuaScript } from '../util/script.js'
 import { type BusMessage, CacheBus } from './bus.js'
-import { packEntry, type RawEntry, type StoredEntry, unpackEntry } from './entry.js'
+import { entryIdentity, packEntry, type RawEntry, type StoredEntry, unpackEntry } from './entry.js'
+import { FillGuard } from './fill-guard.js'
 import { type MemoryItem, MemoryTier } from './memory.js'
 import {
   type CacheEngineOptions,
@@ -129,6 +130,8 @@ class CacheCore {
   readonly tags: TagVersions
   readonly bus: CacheBus
   readonly flights = new SingleFlight()
+  /** Keeps reads from Redis that overlapped a write, delete or clear out of the memory tier. */
+  readonly fills = new FillGuard()
   readonly waiters = new Map<string, Set<() => void>>()
   /** GETs in flight, shared by concurrent readers of one key. */
   readonly reads = new Map<string, Promise<StoredEntry | undefined>>()
@@ -143,6 +146,7 @@ class CacheCore {
       this.keys.key('#bus'),
       (message) => this.receive(message),
       () => {
+        this.fills.changedAll()
         this.tags.forget()
         this.memory?.clear()
       },
@@ -153,8 +157,10 @@ class CacheCore {
 
   receive(message: BusMessage): void {
     if (message.t === 'keys') {
+      const written = message.k.length === 1 ? message.e : undefined
       for (const key of message.k) {
         this.reads.delete(key)
+        this.fills.changed(key, written)
         this.memory?.delete(key)
         this.wake(key)
       }
@@ -164,6 +170,7 @@ class CacheCore {
       this.memory?.deleteTagged(new Set(Object.keys(message.v)))
     } else if (message.t === 'clear') {
       this.reads.clear()
+      this.fills.changedAll()
       this.memory?.deletePrefix(message.p)
     }
   }
@@ -327,14 +334,21 @@ export class CacheEngine {
   async deleteKeys(keys: readonly string[]): Promise<void> {
     if (keys.length === 0) return
     const rkeys = keys.map((key) => this.redisKey(key))
-    for (const rkey of rkeys) {
-      this.#core.reads.delete(rkey)
-      this.#memory?.delete(rkey)
+    const core = this.#core
+    const drop = () => {
+      for (const rkey of rkeys) {
+        core.reads.delete(rkey)
+        core.fills.changed(rkey)
+        core.memory?.delete(rkey)
+      }
     }
-    if (this.#core.memory && this.#core.memory !== this.#memory)
-      for (const rkey of rkeys) this.#core.memory.delete(rkey)
-    await this.#kit.hub.exec((redis) => Promise.all(rkeys.map((rkey) => redis.unlink(rkey))))
-    for (const rkey of rkeys) this.#core.reads.delete(rkey)
+    drop()
+    try {
+      await this.#kit.hub.exec((redis) => Promise.all(rkeys.map((rkey) => redis.unlink(rkey))))
+    } finally {
+      // A read that started before the UNLINK reached Redis may have put the old entry back meanwhile.
+      drop()
+    }
     await this.#core.bus.publish({ i: this.#core.bus.id, t: 'keys', k: rkeys })
     if (this.#kit.events.has('cache:invalidate')) {
       this.#kit.events.emit('cache:invalidate', { cache: this.name, keys: [...keys] })
@@ -368,15 +382,25 @@ export class CacheEngine {
    * then every instance drops the namespace from memory. Returns the number of keys removed.
    */
   async clear(): Promise<number> {
-    this.#core.memory?.deletePrefix(this.#base)
+    const core = this.#core
+    const drop = () => {
+      core.reads.clear()
+      core.fills.changedAll()
+      core.memory?.deletePrefix(this.#base)
+    }
+    drop()
     const pattern = scanPattern(this.#base)
     let removed = 0
-    await this.#kit.hub.scan(pattern, async (keys) => {
-      // One UNLINK per key: keys of one node may still sit in different Cluster slots.
-      await this.#kit.hub.exec((redis) => Promise.all(keys.map((key) => redis.unlink(key))))
-      removed += keys.length
-    })
-    this.#core.reads.clear()
+    try {
+      await this.#kit.hub.scan(pattern, async (keys) => {
+        // One UNLINK per key: keys of one node may still sit in different Cluster slots.
+        await this.#kit.hub.exec((redis) => Promise.all(keys.map((key) => redis.unlink(key))))
+        removed += keys.length
+      })
+    } finally {
+      // Reads that started before their key was unlinked may have put old entries back meanwhile.
+      drop()
+    }
     await this.#core.bus.publish({ i: this.#core.bus.id, t: 'clear', p: this.#base })
     if (this.#kit.events.has('cache:invalidate'))
       this.#kit.events.emit('cache:invalidate', { cache: this.name })
@@ -562,22 +586,40 @@ export class CacheEngine {
 
   async #fetch(rkey: string): Promise<StoredEntry | undefined> {
     const memory = this.#memory
-    const bytes = await this.#kit.hub.exec((redis) => redis.getBuffer(rkey))
-    if (bytes === null) return undefined
+    const fills = this.#core.fills
+    const ticket = memory ? fills.begin(rkey) : undefined
+    try {
+      const bytes = await this.#kit.hub.exec((redis) => redis.getBuffer(rkey))
+      const entry = bytes === null ? undefined : await this.#usable(bytes)
+      // What the GET found may go to memory only when no write, delete or clear of this key came
+      // since it was sent (here, or elsewhere through the bus), unless each wrote this very entry:
+      // otherwise memory already holds what came after it.
+      if (
+        memory &&
+        ticket &&
+        fills.mayFill(ticket, () => (bytes === null ? undefined : entryIdentity(bytes)))
+      ) {
+        if (entry === undefined) memory.delete(rkey)
+        else if (entry.tags.length === 0 || this.#core.tags.knownCurrent(entry.tags, entry.tagVersions)) {
+          // The Buffer from ioredis is ours alone; keep it (no copy).
+          memory.set(rkey, entry)
+        }
+      }
+      return entry
+    } finally {
+      if (ticket) fills.end(ticket)
+    }
+  }
+
+  /** The stored entry, or `undefined` when past its stale window or invalidated by a tag. */
+  async #usable(bytes: Buffer): Promise<StoredEntry | undefined> {
     const entry = unpackEntry(bytes)
     if (!entry || Date.now() >= entry.staleUntil) return undefined
     if (entry.tags.length > 0) {
       const valid = this.#core.tags.knownCurrent(entry.tags, entry.tagVersions)
         ? true
         : await this.#core.tags.valid(entry.tags, entry.tagVersions)
-      if (!valid) {
-        memory?.delete(rkey)
-        return undefined
-      }
-    }
-    // The Buffer from ioredis is ours alone; keep it (no copy).
-    if (memory && (entry.tags.length === 0 || this.#core.tags.knownCurrent(entry.tags, entry.tagVersions))) {
-      memory.set(rkey, entry)
+      if (!valid) return undefined
     }
     return entry
   }
@@ -792,9 +834,11 @@ export class CacheEngine {
     decoded: { value: unknown } | undefined,
   ): Promise<void> {
     const packed = packEntry(entry)
+    const identity = entryIdentity(packed)
     const px = Math.max(1, Math.ceil(entry.staleUntil - Date.now()))
     await this.#kit.hub.exec((redis) => redis.set(rkey, packed, 'PX', px))
     this.#core.reads.delete(rkey)
+    this.#core.fills.changed(rkey, identity)
     if (this.#memory && this.#core.tags.knownCurrent(entry.tags, entry.tagVersions)) {
       const item: MemoryItem = unpackEntry(packed) as MemoryItem
       // The decoded value is the caller's object: later hits share it (documented: read-only).
@@ -802,7 +846,7 @@ export class CacheEngine {
       this.#memory.set(rkey, item)
     } else this.#core.memory?.delete(rkey)
     this.#core.wake(rkey)
-    void this.#core.bus.publish({ i: this.#core.bus.id, t: 'keys', k: [rkey] })
+    void this.#core.bus.publish({ i: this.#core.bus.id, t: 'keys', k: [rkey], e: identity })
     if (this.#kit.events.has('cache:store')) {
       this.#kit.events.emit('cache:store', { cache: this.name, key, bytes: packed.length })
     }

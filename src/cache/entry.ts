@@ -1,3 +1,5 @@
+import { crc32 } from 'node:zlib'
+
 /**
  * One stored entry as the response cache and other raw users see it: the value bytes and its
  * timeline. `freshUntil` and `staleUntil` are epoch milliseconds.
@@ -77,4 +79,13 @@ export function unpackEntry(bytes: Buffer): StoredEntry | undefined {
     tagVersions,
     decoded: undefined,
   }
+}
+
+/**
+ * Tells one stored entry from another written to the same key (length and CRC-32 of its stored
+ * form): a write announces it on the bus, so that a read in flight can tell whether what it
+ * found is that write or something older.
+ */
+export function entryIdentity(packed: Buffer): string {
+  return `${packed.length}:${crc32(packed)}`
 }

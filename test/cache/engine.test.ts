@@ -335,6 +335,32 @@ describe('cache engine: invalidation across instances', () => {
   })
 })
 
+describe('cache engine: reads in flight during a delete or clear', () => {
+  it('a read in flight when the key is deleted does not put the old entry back in memory', async () => {
+    const a = kitA.cache.namespace('inflight')
+    const b = kitB.cache.namespace('inflight')
+    await b.set('k', 'old', { ttl: '1m' })
+    await sleep(50) // b's bus message about its write has landed on a
+    const pending = a.get('k')
+    await a.delete('k')
+    await pending
+    expect(await kitB.redis.exists(a.redisKey('k'))).toBe(0)
+    expect(await a.get('k')).toBeUndefined()
+  })
+
+  it('a read in flight when the namespace is cleared does not put the old entry back in memory', async () => {
+    const a = kitA.cache.namespace('inflight-clear')
+    const b = kitB.cache.namespace('inflight-clear')
+    await b.set('k', 'old', { ttl: '1m' })
+    await sleep(50) // b's bus message about its write has landed on a
+    const pending = a.get('k')
+    await a.clear()
+    await pending
+    expect(await kitB.redis.exists(a.redisKey('k'))).toBe(0)
+    expect(await a.get('k')).toBeUndefined()
+  })
+})
+
 describe('cache engine: raw entries and stampede tools', () => {
   it('writes and reads raw entries with their timeline', async () => {
     const before = Date.now()

@@ -224,6 +224,17 @@ describe('kit.queries.getOrExecute', () => {
     expect(await kitA.queries.getOrExecute('SELECT one WHERE id = $1', [2], execute)).toBe(2)
   })
 
+  it('a result read while it is invalidated is not served again from memory', async () => {
+    const sql = 'SELECT inflight WHERE id = $1'
+    await kitB.queries.getOrExecute(sql, [1], async () => 'old')
+    await sleep(50) // kitB's bus message about its write has landed on kitA
+    const pending = kitA.queries.getOrExecute(sql, [1], async () => 'unused')
+    await kitA.queries.invalidate(sql, [1])
+    expect(await pending).toBe('old')
+    expect(await kitA.redis.exists(kitA.queries.engine.redisKey(kitA.queries.keyFor(sql, [1])))).toBe(0)
+    expect(await kitA.queries.getOrExecute(sql, [1], async () => 'new')).toBe('new')
+  })
+
   it('uses the key option instead of the derived key', async () => {
     let executions = 0
     const execute = async () => ++executions
