@@ -42,12 +42,21 @@ export class TagVersions {
       const replies = await this.#kit.hub.exec((redis: RedisClient) =>
         Promise.all(missing.map((i) => redis.get(this.key(tags[i] as string)))),
       )
-      const until = Date.now() + this.#ttlMs
+      const at = Date.now()
       for (let j = 0; j < missing.length; j++) {
         const i = missing[j] as number
+        const tag = tags[i] as string
         const version = Number(replies[j] ?? 0)
+        // Versions only move forward: a newer one heard on the bus while this GET was answered
+        // (its reply read after the message) stays. Once that expires, Redis is believed again
+        // (a tag key lost to eviction or a flush starts over from 0).
+        const known = this.#known.get(tag)
+        if (known && known.until > at && known.version > version) {
+          versions[i] = known.version
+          continue
+        }
         versions[i] = version
-        this.#remember(tags[i] as string, version, until)
+        this.#remember(tag, version, at + this.#ttlMs)
       }
     }
     return versions

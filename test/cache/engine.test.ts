@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { packEntry, unpackEntry } from '../../src/cache/entry.js'
+import { TagVersions } from '../../src/cache/tags.js'
 import { CodecError, ConfigError, createRedkit, type Redkit, type RedkitEventMap } from '../../src/index.js'
 import { type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/index.js'
 
@@ -358,6 +359,19 @@ describe('cache engine: reads in flight during a delete or clear', () => {
     await pending
     expect(await kitB.redis.exists(a.redisKey('k'))).toBe(0)
     expect(await a.get('k')).toBeUndefined()
+  })
+})
+
+describe('cache engine: tag versions', () => {
+  it('a version read from Redis never replaces a newer one heard on the bus meanwhile', async () => {
+    const tags = new TagVersions(kitA, kitA.keys.module('cache'), 5000)
+    await kitA.redis.set(tags.key('moving'), '3')
+    const reading = tags.current(['moving'])
+    // The bus reports the next invalidation before the GET's reply is processed.
+    tags.learn('moving', 4)
+    expect(await reading).toEqual([4])
+    expect(tags.knownCurrent(['moving'], [3])).toBe(false)
+    expect(tags.knownCurrent(['moving'], [4])).toBe(true)
   })
 })
 
