@@ -445,6 +445,7 @@ export class CacheEngine {
         tagVersions: [...versions],
         computeMs: 0,
         decoded: undefined,
+        checkedUntil: 0,
       },
       undefined,
     )
@@ -534,7 +535,10 @@ export class CacheEngine {
     }
   }
 
-  /** Memory, then Redis. A memory copy past its freshness is checked against Redis (another instance may have refreshed it). */
+  /**
+   * Memory, then Redis. A memory copy past its freshness is checked against Redis (another
+   * instance may have refreshed it); so is one whose tag versions are no longer trusted.
+   */
   async #read(rkey: string): Promise<Read | undefined> {
     const memory = this.#memory
     let stale: MemoryItem | undefined
@@ -542,7 +546,9 @@ export class CacheEngine {
       const now = Date.now()
       const item = memory.get(rkey, now)
       if (item) {
-        if (now < item.freshUntil) return { entry: item, layer: 'l1' }
+        if (now < item.freshUntil && (now < item.checkedUntil || this.#recheck(item, now))) {
+          return { entry: item, layer: 'l1' }
+        }
         stale = item
       }
     }
@@ -599,11 +605,12 @@ export class CacheEngine {
         ticket &&
         fills.mayFill(ticket, () => (bytes === null ? undefined : entryIdentity(bytes)))
       ) {
-        if (entry === undefined) memory.delete(rkey)
-        else if (entry.tags.length === 0 || this.#core.tags.knownCurrent(entry.tags, entry.tagVersions)) {
+        const until = entry === undefined ? 0 : this.#core.tags.knownUntil(entry.tags, entry.tagVersions)
+        if (entry !== undefined && until > Date.now()) {
+          entry.checkedUntil = until
           // The Buffer from ioredis is ours alone; keep it (no copy).
           memory.set(rkey, entry)
-        }
+        } else memory.delete(rkey)
       }
       return entry
     } finally {
@@ -622,6 +629,17 @@ export class CacheEngine {
       if (!valid) return undefined
     }
     return entry
+  }
+
+  /**
+   * A tagged memory copy whose check ran out: still current by the tag versions memory trusts
+   * (then served from memory again until they expire), or to be checked against Redis.
+   */
+  #recheck(item: MemoryItem, now: number): boolean {
+    const until = this.#core.tags.knownUntil(item.tags, item.tagVersions, now)
+    if (until <= now) return false
+    item.checkedUntil = until
+    return true
   }
 
   /** {@link #read} for value calls: Redis unavailable becomes `'down'` plus a bypass event. */
@@ -821,6 +839,7 @@ export class CacheEngine {
         tagVersions: [...versions],
         computeMs,
         decoded: undefined,
+        checkedUntil: 0,
       },
       { value },
     )
@@ -839,8 +858,10 @@ export class CacheEngine {
     await this.#kit.hub.exec((redis) => redis.set(rkey, packed, 'PX', px))
     this.#core.reads.delete(rkey)
     this.#core.fills.changed(rkey, identity)
-    if (this.#memory && this.#core.tags.knownCurrent(entry.tags, entry.tagVersions)) {
+    const until = this.#memory ? this.#core.tags.knownUntil(entry.tags, entry.tagVersions) : 0
+    if (this.#memory && until > Date.now()) {
       const item: MemoryItem = unpackEntry(packed) as MemoryItem
+      item.checkedUntil = until
       // The decoded value is the caller's object: later hits share it (documented: read-only).
       if (decoded) item.decoded = decoded
       this.#memory.set(rkey, item)

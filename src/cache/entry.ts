@@ -26,6 +26,11 @@ export interface StoredEntry extends RawEntry {
    * present as a field, so that setting it does not change the object's shape.
    */
   decoded: { value: unknown } | undefined
+  /**
+   * Memory tier: until when this entry may be served from memory without checking its tag
+   * versions again (`Infinity` without tags). Unpacked entries start unchecked.
+   */
+  checkedUntil: number
 }
 
 const FORMAT = 1
@@ -78,6 +83,7 @@ export function unpackEntry(bytes: Buffer): StoredEntry | undefined {
     tags,
     tagVersions,
     decoded: undefined,
+    checkedUntil: tags.length === 0 ? Number.POSITIVE_INFINITY : 0,
   }
 }
 

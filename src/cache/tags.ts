@@ -79,11 +79,23 @@ export class TagVersions {
    */
   knownCurrent(tags: readonly string[], recorded: readonly number[]): boolean {
     const now = Date.now()
+    return this.knownUntil(tags, recorded, now) > now
+  }
+
+  /**
+   * Until when memory trusts every recorded version to be current (the earliest expiry among
+   * them; `Infinity` without tags), or 0 when one is unknown, expired or moved on. An L1 copy is
+   * served without a check only until then: when a lost message left this process with an old
+   * version, that version expires and the copy is checked against Redis.
+   */
+  knownUntil(tags: readonly string[], recorded: readonly number[], now = Date.now()): number {
+    let until = Number.POSITIVE_INFINITY
     for (let i = 0; i < tags.length; i++) {
       const known = this.#known.get(tags[i] as string)
-      if (!known || known.until <= now || known.version !== recorded[i]) return false
+      if (!known || known.until <= now || known.version !== recorded[i]) return 0
+      if (known.until < until) until = known.until
     }
-    return true
+    return until
   }
 
   /** Bumps every tag (one INCR each, pipelined) and returns the new versions. */

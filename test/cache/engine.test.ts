@@ -1,7 +1,14 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { packEntry, unpackEntry } from '../../src/cache/entry.js'
 import { TagVersions } from '../../src/cache/tags.js'
-import { CodecError, ConfigError, createRedkit, type Redkit, type RedkitEventMap } from '../../src/index.js'
+import {
+  CacheEngine,
+  CodecError,
+  ConfigError,
+  createRedkit,
+  type Redkit,
+  type RedkitEventMap,
+} from '../../src/index.js'
 import { type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/index.js'
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
@@ -372,6 +379,16 @@ describe('cache engine: tag versions', () => {
     expect(await reading).toEqual([4])
     expect(tags.knownCurrent(['moving'], [3])).toBe(false)
     expect(tags.knownCurrent(['moving'], [4])).toBe(true)
+  })
+
+  it('a tag invalidation whose bus message is lost stops memory hits after tagCacheTtl', async () => {
+    const engine = new CacheEngine(kitA, { name: 'lost-message', tagCacheTtl: '200ms' })
+    await engine.set('k', 'v', { ttl: '1m', tags: ['lost'] })
+    expect(await engine.get('k')).toBe('v')
+    // Another instance invalidates the tag and its message never arrives: INCR, no PUBLISH.
+    await kitB.redis.incr(kitA.keys.module('cache').key('#tags', 'lost'))
+    await sleep(300)
+    expect(await engine.get('k')).toBeUndefined()
   })
 })
 
