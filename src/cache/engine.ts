@@ -309,16 +309,21 @@ export class CacheEngine {
     }
     if (this.#kit.events.has('cache:miss')) this.#kit.events.emit('cache:miss', { cache: this.name, key })
     const stale = read === null || read === 'down' ? undefined : read.entry
-    return this.#core.flights.run(rkey, () =>
-      this.#compute(
-        key,
-        rkey,
-        factory,
-        this.#policy(options),
-        stale,
-        false,
-        read === 'down' || read?.down === true,
-      ),
+    // Joined for one lease at most: past it, other processes count the computation as dead, and a
+    // factory that never settles must not hold the key in this process forever either.
+    return this.#core.flights.run(
+      rkey,
+      () =>
+        this.#compute(
+          key,
+          rkey,
+          factory,
+          this.#policy(options),
+          stale,
+          false,
+          read === 'down' || read?.down === true,
+        ),
+      this.options.leaseMs,
     )
   }
 
@@ -883,9 +888,14 @@ export class CacheEngine {
   ): void {
     // Its own flight key: a foreground miss must never join a refresh that may resolve to nothing.
     const flight = `${rkey}#refresh`
-    if (this.#core.flights.has(flight)) return
+    const leaseMs = this.options.leaseMs
+    if (this.#core.flights.has(flight, leaseMs)) return
     this.#core.flights
-      .run(flight, () => this.#compute(key, rkey, factory, this.#policy(options), entry, true, false))
+      .run(
+        flight,
+        () => this.#compute(key, rkey, factory, this.#policy(options), entry, true, false),
+        leaseMs,
+      )
       .catch((error: unknown) => {
         this.#kit.events.emit('cache:error', { cache: this.name, key, error: error as Error })
       })

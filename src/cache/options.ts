@@ -47,7 +47,8 @@ export interface CacheEngineOptions {
    */
   compressAbove?: number | false
   /**
-   * Lifetime of the Redis lease one process takes to compute a missing value for everyone.
+   * Lifetime of the Redis lease one process takes to compute a missing value for everyone; also
+   * how long callers in the process join a computation that has not settled (then they start over).
    * @default '10s'
    */
   lease?: Duration

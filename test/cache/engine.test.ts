@@ -191,6 +191,31 @@ describe('cache engine: values', () => {
     expect(Date.now() - started).toBeLessThan(1000)
   })
 
+  it('a factory that never settles holds its key in this process for one lease only', async () => {
+    const e = kitA.cache.namespace('hang', { lease: '200ms', wait: '100ms' })
+    const within = <T>(promise: Promise<T>, ms: number) =>
+      Promise.race([promise, sleep(ms).then(() => 'still waiting')])
+    void e.getOrSet('k', () => new Promise<string>(() => undefined))
+    await sleep(500)
+    expect(
+      await within(
+        e.getOrSet('k', () => 'fresh'),
+        2000,
+      ),
+    ).toBe('fresh')
+    // A caller that joined the hung computation stops waiting for it once the lease is over.
+    void e.getOrSet('joined', () => new Promise<string>(() => undefined))
+    await sleep(50)
+    const started = Date.now()
+    expect(
+      await within(
+        e.getOrSet('joined', () => 'fresh'),
+        2000,
+      ),
+    ).toBe('fresh')
+    expect(Date.now() - started).toBeLessThan(1000)
+  })
+
   it('serves stale when the factory fails within staleIfError, and throws after it', async () => {
     let fail = false
     const factory = async () => {
