@@ -244,7 +244,7 @@ export class QueryCache {
     return out
   }
 
-  /** The cache key of a query and its parameters (`v1:<sha256>`). Throws `CodecError` for parameters that cannot be encoded. */
+  /** The cache key of a query and its parameters (`v2:<sha256>`). Throws `CodecError` for parameters that cannot be encoded. */
   keyFor(query: string, params?: QueryParams): string {
     checkQuery(query)
     return queryKey(query, params)

@@ -157,6 +157,23 @@ describe('pg adapter against PostgreSQL', () => {
     expect(second.rows[0]?.n).toBe((first.rows[0]?.n ?? 0) + 1)
   })
 
+  it('gives each query its own result where comments, escapes or continuations change its meaning', async () => {
+    const run = (sql: string) =>
+      kitA.queries.getOrExecute(sql, [], async () => (await pool.query(sql)).rows, { ttl: '1m' })
+    const filtered = `SELECT id FROM ${table} -- list\nWHERE id = 1`
+    const commented = `SELECT id FROM ${table} -- list WHERE id = 1`
+    const all = (await pool.query(`SELECT id FROM ${table}`)).rowCount
+    expect(all).toBeGreaterThan(1)
+    expect(await run(filtered)).toHaveLength(1)
+    expect(await run(commented)).toHaveLength(all ?? 0)
+    expect(await run("SELECT 'x\\' AS p, 'a  b' AS q")).toEqual([{ p: 'x\\', q: 'a  b' }])
+    expect(await run("SELECT 'x\\' AS p, 'a b' AS q")).toEqual([{ p: 'x\\', q: 'a b' }])
+    expect(await run("SELECT /* it's */ 'a  b' AS q")).toEqual([{ q: 'a  b' }])
+    expect(await run("SELECT /* it's */ 'a b' AS q")).toEqual([{ q: 'a b' }])
+    expect(await run("SELECT 'a'\n'b' AS q")).toEqual([{ q: 'ab' }])
+    await expect(run("SELECT 'a' 'b' AS q")).rejects.toThrow(/syntax error/)
+  })
+
   it('passes PostgreSQL errors through and caches nothing for them', async () => {
     await expect(dbA.query(`SELECT no_such_column FROM ${table}`)).rejects.toThrow(/no_such_column/)
     await expect(dbA.query(`SELECT no_such_column FROM ${table}`)).rejects.toThrow(/no_such_column/)

@@ -62,6 +62,31 @@ describe('query keys', () => {
     expect(q.keyFor("SELECT 'a b'", [])).not.toBe(q.keyFor("SELECT 'a  b'", []))
   })
 
+  it('keep apart queries that comments, escapes, string continuations or dollar tags make different', () => {
+    const q = kitA.queries
+    const apart: Array<[string, string]> = [
+      // The newline ends the comment: the first filters, the second returns every row.
+      ['SELECT id FROM t -- list\nWHERE id = 1', 'SELECT id FROM t -- list WHERE id = 1'],
+      // A backslash escapes nothing in a standard string: 'x\' ends there.
+      ["SELECT 'x\\' AS p, 'a  b'", "SELECT 'x\\' AS p, 'a b'"],
+      // ... but does in an E'' string, which then goes on past the escaped quote.
+      ["SELECT E'x\\'  y'", "SELECT E'x\\' y'"],
+      // A quote inside a comment opens nothing.
+      ["SELECT /* it's */ 'a  b'", "SELECT /* it's */ 'a b'"],
+      ["SELECT 1 -- it's\n, 'a  b'", "SELECT 1 -- it's\n, 'a b'"],
+      // Dollar-quote tags may hold digits.
+      ['SELECT $a1$x  y$a1$', 'SELECT $a1$x y$a1$'],
+      // Literals separated by a newline are one literal; on one line they are a syntax error.
+      ["SELECT 'a'\n'b'", "SELECT 'a' 'b'"],
+    ]
+    for (const [a, b] of apart) expect(q.keyFor(a, []), `${a} / ${b}`).not.toBe(q.keyFor(b, []))
+    expect(q.keyFor('SELECT 1 -- first\n   FROM t', [])).toBe(q.keyFor('SELECT 1   -- first\nFROM t  ', []))
+    expect(normalizeQuery('SELECT 1  -- c\n\n  FROM t\n')).toBe('SELECT 1 -- c\nFROM t')
+    expect(normalizeQuery("SELECT E'a\\'b'   ,  1")).toBe("SELECT E'a\\'b' , 1")
+    expect(normalizeQuery('SELECT  /* a  b */  1')).toBe('SELECT /* a  b */ 1')
+    expect(normalizeQuery("SELECT 'a'\n  'b'  ,  1")).toBe("SELECT 'a'\n'b' , 1")
+  })
+
   it('encode parameters with their types', () => {
     const q = kitA.queries
     const sql = 'SELECT * FROM t WHERE a = $1'
@@ -69,7 +94,7 @@ describe('query keys', () => {
     expect(q.keyFor(sql, [null])).not.toBe(q.keyFor(sql, ['null']))
     expect(q.keyFor(sql, [new Date(0)])).not.toBe(q.keyFor(sql, [new Date(0).toISOString()]))
     expect(q.keyFor(sql, [1n])).not.toBe(q.keyFor(sql, [1]))
-    expect(q.keyFor(sql, [1])).toMatch(/^v1:[\w-]{43}$/)
+    expect(q.keyFor(sql, [1])).toMatch(/^v2:[\w-]{43}$/)
   })
 })
 
