@@ -16,6 +16,8 @@ import {
   type HeaderMap,
   hash,
   headerText,
+  isValidHost,
+  isValidScheme,
   NOT_MODIFIED_HEADERS,
   notModified,
   onlyIfCached,
@@ -76,9 +78,9 @@ export interface ResponseCacheOptions {
    */
   statusHeader?: string | false
   /**
-   * Replaces the URL part of the key (method, host, path, query). `Vary` still selects variants
-   * on top of it. Return `undefined` to leave the request uncached.
-   * @default undefined (method + host + path + query)
+   * Replaces the URL part of the key (method, scheme, host, path, query). `Vary` still selects
+   * variants on top of it. Return `undefined` to leave the request uncached.
+   * @default undefined (method + scheme + host + path + query)
    */
   key?: (req: Request) => string | undefined
   /**
@@ -245,8 +247,8 @@ function resolveResponseCacheOptions(options: ResponseCacheOptions): Resolved {
 /** The middleware returned by {@link responseCache}, with purge helpers bound to its key scheme. */
 export interface ResponseCacheMiddleware extends RequestHandler {
   /**
-   * Removes the stored response (every variant) of a URL on every instance. `url` is absolute
-   * (`https://shop.example/products/1?x=1`) or a path when keys were built without a host match.
+   * Removes the stored response (every variant) of a URL on every instance, for http and https
+   * alike. `url` is absolute (`https://shop.example/products/1?x=1`).
    */
   purge(url: string): Promise<void>
   /** Invalidates every stored response carrying one of `tags`. */
@@ -318,7 +320,7 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
     if (events.has('cache:bypass')) events.emit('cache:bypass', { cache: cacheName, reason })
   }
 
-  function primaryKey(req: Request): string | undefined {
+  function primaryKey(req: Request, site: Site): string | undefined {
     if (o.key) {
       const custom = o.key(req)
       if (custom === undefined) return undefined
@@ -326,11 +328,7 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
       return text.length > 200 ? `K #${hash(text)}` : `K ${text}`
     }
     const { path, query } = splitTarget(req.originalUrl ?? req.url)
-    return `GET ${urlKey(requestHost(req), path, query, o.query)}`
-  }
-
-  function urlPrimaryKey(host: string, path: string, query: string): string {
-    return `GET ${urlKey(host, path, query, o.query)}`
+    return urlPrimaryKey(site.scheme, site.host, path, query, o.query)
   }
 
   async function read(
@@ -665,33 +663,28 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
       )
   }
 
-  async function invalidateUnsafe(req: Request, res: Response): Promise<void> {
+  async function invalidateUnsafe(req: Request, res: Response, site: Site): Promise<void> {
     // RFC 9111 §4.4: a non-error response to an unsafe method invalidates the target URI, and
     // the Location / Content-Location URIs when they have the same host.
     if (res.statusCode < 200 || res.statusCode >= 400) return
-    const host = requestHost(req)
+    const { host } = site
     const target = req.originalUrl ?? req.url
     const keys = new Set<string>()
     if (o.key) {
-      const custom = primaryKey(req)
+      const custom = primaryKey(req, site)
       if (custom) keys.add(custom)
     } else {
       const { path, query } = splitTarget(target)
-      keys.add(urlPrimaryKey(host, path, query))
-    }
-    if (!o.key) {
-      const base = `http://${host || 'localhost'}${target.startsWith('/') ? target : `/${target}`}`
+      for (const key of purgeKeys(site.scheme, host, path, query, o.query)) keys.add(key)
+      const base = `${site.scheme}://${host || 'localhost'}${target.startsWith('/') ? target : `/${target}`}`
       for (const name of ['location', 'content-location']) {
         const value = headerText(res.getHeader(name) as string | string[] | number | undefined)
         if (!value || value.length > 8192) continue
         try {
           const url = new URL(value, base)
-          if (
-            url.host.toLowerCase() !== host.toLowerCase() &&
-            url.hostname.toLowerCase() !== host.toLowerCase()
-          )
-            continue
-          keys.add(urlPrimaryKey(host, url.pathname, url.search.slice(1)))
+          if (url.host.toLowerCase() !== host && url.hostname.toLowerCase() !== host) continue
+          for (const key of purgeKeys(site.scheme, host, url.pathname, url.search.slice(1), o.query))
+            keys.add(key)
         } catch {
           // not a URI: nothing to invalidate
         }
@@ -705,7 +698,8 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
       const method = req.method
       const refreshDone = (req as unknown as Record<symbol, (() => void) | undefined>)[REFRESH]
       if (refreshDone) {
-        const primary = primaryKey(req)
+        const site = requestSite(req)
+        const primary = site ? primaryKey(req, site) : undefined
         const lk = primary ? await lookup(primary, req.headers).catch(() => undefined) : undefined
         // Gone, or already refreshed by another instance since this one served the stale copy.
         if (!lk || (lk.entry && evaluate(lk.entry.meta, req.headers).use === 'fresh')) {
@@ -717,10 +711,17 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
         refreshDone()
         return
       }
+      const site = requestSite(req)
+      if (!site) {
+        // Never part of a key: it could name another URL's entry (RFC 3986 §3.2.2).
+        emitBypass('invalid-host')
+        if (method === 'GET' || method === 'HEAD') setLabel(res, 'BYPASS')
+        return next()
+      }
       if (method !== 'GET' && method !== 'HEAD') {
         if (o.invalidateOnUnsafe && UNSAFE.has(method)) {
           res.once('finish', () => {
-            invalidateUnsafe(req, res).catch((error: unknown) => {
+            invalidateUnsafe(req, res, site).catch((error: unknown) => {
               if (!isConnectionError(error)) {
                 kit.events.emit('error', { error: error as Error, connection: 'response-cache' })
               }
@@ -729,7 +730,7 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
         }
         return next()
       }
-      const primary = primaryKey(req)
+      const primary = primaryKey(req, site)
       if (primary === undefined) return next()
       let lk: Lookup
       try {
@@ -807,14 +808,14 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
         'tag the responses (tags option or Surrogate-Key) and call invalidateTags()',
       )
     }
-    if (parsed.host === '') {
+    if (parsed.scheme === undefined) {
       throw new ConfigError(
         'purge url',
         `is not absolute: ${JSON.stringify(url.slice(0, 100))}`,
         "write 'https://host/path?query'",
       )
     }
-    await store.deleteKeys([urlPrimaryKey(parsed.host, parsed.path, parsed.query)])
+    await store.deleteKeys(purgeKeys(parsed.scheme, parsed.host, parsed.path, parsed.query, o.query))
   }
   handler.invalidateTags = (tags: string[]) => store.invalidateTags(tags)
   handler.clear = () => store.clear()
@@ -823,7 +824,8 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
 
 /**
  * Removes the stored response (every variant) of `url` from the response cache of `kit`, on every
- * instance, for middlewares using the default key scheme. `url` is absolute or a path.
+ * instance, for middlewares using the default key scheme, for http and https alike. `url` is
+ * absolute, or a path for responses to requests that had no `Host`.
  *
  * @example
  * await purgeUrl(kit, 'https://shop.example/products/42')
@@ -835,24 +837,80 @@ export async function purgeUrl(
 ): Promise<void> {
   const o = resolveResponseCacheOptions(options)
   const parsed = parseUrl(url)
-  await storeFor(kit, o.namespace, true).deleteKeys([
-    `GET ${urlKey(parsed.host, parsed.path, parsed.query, o.query)}`,
-  ])
+  await storeFor(kit, o.namespace, true).deleteKeys(
+    purgeKeys(parsed.scheme, parsed.host, parsed.path, parsed.query, o.query),
+  )
 }
 
-function parseUrl(url: string): { host: string; path: string; query: string } {
+function parseUrl(url: string): { scheme: string | undefined; host: string; path: string; query: string } {
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) {
     const u = new URL(url)
-    return { host: u.hostname, path: u.pathname, query: u.search.slice(1) }
+    return { scheme: u.protocol.slice(0, -1), host: u.hostname, path: u.pathname, query: u.search.slice(1) }
   }
   const { path, query } = splitTarget(url)
-  return { host: '', path, query }
+  return { scheme: undefined, host: '', path, query }
 }
 
-/** The host as Express reports it: `X-Forwarded-Host` only when `trust proxy` allows it. */
-function requestHost(req: Request): string {
-  const host = req.hostname
-  return typeof host === 'string' ? host.toLowerCase() : ''
+/** Scheme and host a request was made to, as they take part in its key. */
+interface Site {
+  scheme: string
+  host: string
+}
+
+/**
+ * Scheme and host as Express reports them (`X-Forwarded-Proto` and `X-Forwarded-Host` count only
+ * when `trust proxy` allows), or `undefined` when the scheme is not one, or the `Host` field (or
+ * the trusted `X-Forwarded-Host`) is not a valid `host[:port]`: `Host: shop.example/api` would
+ * otherwise make `GET /42` share the key of `/api/42`, and the app may copy the field into its
+ * response (absolute links) that would then be stored for every client.
+ */
+function requestSite(req: Request): Site | undefined {
+  const scheme = req.protocol
+  if (typeof scheme !== 'string' || !isValidScheme(scheme)) return undefined
+  const host = req.get('host')
+  if (host !== undefined && !isValidHost(host)) return undefined
+  const forwarded = trustedForwardedHost(req)
+  if (forwarded !== undefined && !isValidHost(forwarded)) return undefined
+  const hostname = req.hostname
+  return { scheme: scheme.toLowerCase(), host: typeof hostname === 'string' ? hostname.toLowerCase() : '' }
+}
+
+/** The `X-Forwarded-Host` value Express takes `req.hostname` from (its first), when `trust proxy` trusts the peer. */
+function trustedForwardedHost(req: Request): string | undefined {
+  const value = req.get('x-forwarded-host')
+  if (!value) return undefined
+  const trust = req.app?.get('trust proxy fn') as
+    | ((address: string | undefined, hop: number) => boolean)
+    | undefined
+  if (typeof trust !== 'function' || !trust(req.socket?.remoteAddress, 0)) return undefined
+  const comma = value.indexOf(',')
+  return comma === -1 ? value : value.slice(0, comma).trimEnd()
+}
+
+function urlPrimaryKey(
+  scheme: string,
+  host: string,
+  path: string,
+  query: string,
+  q: ResolvedQueryKey,
+): string {
+  return `GET ${urlKey(scheme, host, path, query, q)}`
+}
+
+/**
+ * The keys a purge of one URL removes: http and https are one resource to whoever purges it (a
+ * proxy in front may have been reached either way), so both are removed; another scheme alone.
+ */
+function purgeKeys(
+  scheme: string | undefined,
+  host: string,
+  path: string,
+  query: string,
+  q: ResolvedQueryKey,
+): string[] {
+  const schemes =
+    scheme === undefined || scheme === 'http' || scheme === 'https' ? ['http', 'https'] : [scheme]
+  return schemes.map((s) => urlPrimaryKey(s, host, path, query, q))
 }
 
 /** Resolves when `promise` settles or after `ms`, whichever comes first. */

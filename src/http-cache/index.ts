@@ -11,7 +11,16 @@ export type { ResponseEntry, StoredEntry, StoredHeader, StoredMeta, VaryMarker }
 export { decodeEntry, encodeResponse, encodeVaryMarker } from './entry.js'
 export { strongEtag } from './etag.js'
 export type { QueryKeyOptions, ResolvedQueryKey } from './key.js'
-export { hash, normalizeQuery, parseVary, splitTarget, urlKey, variantId } from './key.js'
+export {
+  hash,
+  isValidHost,
+  isValidScheme,
+  normalizeQuery,
+  parseVary,
+  splitTarget,
+  urlKey,
+  variantId,
+} from './key.js'
 export type { Evaluation, FreshnessOptions, RequestHead, ResponseHead, StoreDecision } from './policy.js'
 export {
   currentAge,

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto'
+import { isIPv6 } from 'node:net'
 import { type HeaderMap, headerText } from './cache-control.js'
 
 /** How the query string takes part in the cache key. */
@@ -65,13 +66,46 @@ export function splitTarget(target: string): { path: string; query: string } {
 }
 
 /**
- * The URL part of a cache key: lower-cased host, path and (normalised) query. Long values are
- * hashed so keys stay short whatever the client sends.
+ * The URL part of a cache key: scheme, lower-cased host, then path and (normalised) query after a
+ * space. A valid scheme or host (see {@link isValidHost}) contains no space, so two different
+ * (scheme, host, target) can never give one key. Long values are hashed so keys stay short
+ * whatever the client sends.
  */
-export function urlKey(host: string, path: string, query: string, options: ResolvedQueryKey): string {
+export function urlKey(
+  scheme: string,
+  host: string,
+  path: string,
+  query: string,
+  options: ResolvedQueryKey,
+): string {
   const q = normalizeQuery(query, options)
-  const text = `${host.toLowerCase()}${path}${q ? `?${q}` : ''}`
+  const text = `${scheme.toLowerCase()}://${host.toLowerCase()} ${path}${q ? `?${q}` : ''}`
   return text.length > MAX_PLAIN ? `#${hash(text)}` : text
+}
+
+const REG_NAME = /^(?:[a-z0-9\-._~!$&'()*+,;=]|%[0-9a-f]{2})*$/i
+const PORT = /^(?::\d*)?$/
+const SCHEME = /^[a-z][a-z0-9+.-]*$/i
+
+/**
+ * True when `value` is a `host[:port]` as RFC 3986 §3.2.2–3.2.3 define them: a reg-name or IPv4
+ * address, or an IPv6 literal in brackets, then digits after a colon. Such a value holds no `/`,
+ * `?`, `#`, `@` or space, so it cannot shift a cache key's parts (a `Host: shop.example/api`
+ * would make `GET /42` look like `/api/42`).
+ */
+export function isValidHost(value: string): boolean {
+  if (value.startsWith('[')) {
+    const close = value.indexOf(']')
+    return close !== -1 && isIPv6(value.slice(1, close)) && PORT.test(value.slice(close + 1))
+  }
+  const colon = value.indexOf(':')
+  const name = colon === -1 ? value : value.slice(0, colon)
+  return REG_NAME.test(name) && PORT.test(colon === -1 ? '' : value.slice(colon))
+}
+
+/** True when `value` is a URI scheme (RFC 3986 §3.1). */
+export function isValidScheme(value: string): boolean {
+  return SCHEME.test(value)
 }
 
 /**

@@ -177,3 +177,113 @@ describe('forwarded host', () => {
     expect([clean.text, clean.headers['x-cache']]).toEqual(['host=127.0.0.1', 'MISS'])
   })
 })
+
+describe('Host header', () => {
+  function shop() {
+    let calls = 0
+    const cache = responseCache(kit)
+    const app = express()
+    app.use(cache)
+    app.get('/api/products/42', (_req, res) => {
+      calls++
+      res.set('Cache-Control', 'max-age=600')
+      res.send(`product 42, v${calls}`)
+    })
+    app.post('/42', (_req, res) => res.status(204).end())
+    return { app, cache, calls: () => calls }
+  }
+
+  it('a Host with a path in it is passed through uncached and cannot poison another URL', async () => {
+    const { app } = shop()
+    const reasons: string[] = []
+    const off = kit.on('cache:bypass', (e) => reasons.push(e.reason))
+    const evil = await request(app).get('/42').set('Host', 'shop.example/api/products')
+    off()
+    await sleep(50)
+    const real = await request(app).get('/api/products/42').set('Host', 'shop.example')
+    expect([real.status, real.headers['x-cache'], real.text]).toEqual([200, 'MISS', 'product 42, v1'])
+    expect([evil.status, evil.headers['x-cache']]).toEqual([404, 'BYPASS'])
+    expect(reasons).toContain('invalid-host')
+  })
+
+  it('an unsafe request with an invalid Host invalidates nothing', async () => {
+    const { app, calls } = shop()
+    const stored = nextStore()
+    await request(app).get('/api/products/42').set('Host', 'shop2.example')
+    await stored
+    const post = await request(app).post('/42').set('Host', 'shop2.example/api/products')
+    expect(post.status).toBe(204)
+    await sleep(50)
+    const hit = await request(app).get('/api/products/42').set('Host', 'shop2.example')
+    expect([hit.headers['x-cache'], calls()]).toEqual(['HIT', 1])
+  })
+
+  for (const host of ['shop.example:80/api', 'shop example', 'shop.example:8x', '[::1', 'a@b.example']) {
+    it(`Host ${JSON.stringify(host)} is passed through uncached`, async () => {
+      const p = path('host')
+      let calls = 0
+      const app = appWith(responseCache(kit), (a) =>
+        a.get(p, (_req, res) => {
+          calls++
+          res.send(`v${calls}`)
+        }),
+      )
+      const first = await request(app).get(p).set('Host', host)
+      expect([first.status, first.headers['x-cache']]).toEqual([200, 'BYPASS'])
+      await sleep(50)
+      const second = await request(app).get(p).set('Host', host)
+      expect([second.text, second.headers['x-cache']]).toEqual(['v2', 'BYPASS'])
+    })
+  }
+
+  for (const host of ['shop.example:8080', '127.0.0.1', '[::1]:3000', 'xn--bcher-kva.example']) {
+    it(`Host ${JSON.stringify(host)} is cached`, async () => {
+      const p = path('host-ok')
+      const app = appWith(responseCache(kit), (a) => a.get(p, (_req, res) => res.send('ok')))
+      const stored = nextStore()
+      await request(app).get(p).set('Host', host)
+      await stored
+      expect((await request(app).get(p).set('Host', host)).headers['x-cache']).toBe('HIT')
+    })
+  }
+})
+
+describe('scheme', () => {
+  function redirecting() {
+    const p = path('scheme')
+    const cache = responseCache(kit)
+    const app = express()
+    app.set('trust proxy', true)
+    app.use(cache)
+    app.get(p, (req, res) => {
+      if (!req.secure) return res.redirect(301, `https://${req.hostname}${req.originalUrl}`)
+      res.send(`secure ${req.hostname}`)
+    })
+    return { app, cache, p }
+  }
+
+  it('an http redirect to https is never replayed to https clients', async () => {
+    const { app, p } = redirecting()
+    const stored = nextStore()
+    const plain = await request(app).get(p).set('Host', 'shop.example').set('X-Forwarded-Proto', 'http')
+    expect(plain.status).toBe(301)
+    await stored
+    const again = await request(app).get(p).set('Host', 'shop.example').set('X-Forwarded-Proto', 'http')
+    expect([again.status, again.headers['x-cache']]).toEqual([301, 'HIT'])
+    const secure = await request(app).get(p).set('Host', 'shop.example').set('X-Forwarded-Proto', 'https')
+    expect([secure.status, secure.text]).toEqual([200, 'secure shop.example'])
+  })
+
+  it('purge(url) removes the entries of both schemes', async () => {
+    const { app, cache, p } = redirecting()
+    const stored = nextStore(2)
+    await request(app).get(p).set('Host', 'shop.example').set('X-Forwarded-Proto', 'http')
+    await request(app).get(p).set('Host', 'shop.example').set('X-Forwarded-Proto', 'https')
+    await stored
+    await cache.purge(`https://shop.example${p}`)
+    for (const proto of ['http', 'https']) {
+      const res = await request(app).get(p).set('Host', 'shop.example').set('X-Forwarded-Proto', proto)
+      expect(res.headers['x-cache']).toBe('MISS')
+    }
+  })
+})

@@ -6,6 +6,8 @@ import {
   encodeVaryMarker,
   evaluate,
   type FreshnessOptions,
+  isValidHost,
+  isValidScheme,
   normalizeQuery,
   notModified,
   parseCacheControl,
@@ -125,12 +127,48 @@ describe('keys and entries', () => {
   it('sorts and filters the query, hashes long URLs, separates variants', () => {
     const q = { sort: true, include: new Set<string>(), exclude: new Set(['utm_source']) }
     expect(normalizeQuery('b=2&utm_source=x&a=1', q)).toBe('a=1&b=2')
-    expect(urlKey('Example.COM', '/p', 'a=1', q)).toBe('example.com/p?a=1')
-    expect(urlKey('h', `/${'x'.repeat(500)}`, '', q).length).toBeLessThan(60)
+    expect(urlKey('HTTPS', 'Example.COM', '/p', 'a=1', q)).toBe('https://example.com /p?a=1')
+    expect(urlKey('https', 'h', `/${'x'.repeat(500)}`, '', q).length).toBeLessThan(60)
     expect(parseVary('Accept-Encoding, accept-language')).toEqual(['accept-encoding', 'accept-language'])
     expect(parseVary('bad header')).toBe('*')
     expect(variantId(['accept'], { accept: 'a' })).not.toBe(variantId(['accept'], {}))
     expect(variantId(['accept'], { accept: '' })).not.toBe(variantId(['accept'], {}))
+  })
+
+  it('keeps host and path apart, and accepts only valid hosts and schemes', () => {
+    const q = { sort: false, include: new Set<string>(), exclude: new Set<string>() }
+    expect(urlKey('https', 'shop.example/api', '/42', '', q)).not.toBe(
+      urlKey('https', 'shop.example', '/api/42', '', q),
+    )
+    for (const host of [
+      'shop.example',
+      'shop.example:8080',
+      '127.0.0.1:80',
+      '[::1]',
+      '[2001:db8::1]:443',
+      '',
+      'a%20b',
+    ])
+      expect(isValidHost(host)).toBe(true)
+    for (const host of [
+      'shop.example/api',
+      'shop.example:80/api',
+      'a b',
+      'a@b',
+      'a?b',
+      'a#b',
+      '[::1',
+      '[zz]',
+      'h:8x',
+      '%zz',
+    ])
+      expect(isValidHost(host)).toBe(false)
+    expect([
+      isValidScheme('https'),
+      isValidScheme('svn+ssh'),
+      isValidScheme('1http'),
+      isValidScheme('ht tp'),
+    ]).toEqual([true, true, false, false])
   })
 
   it('round-trips any bytes and rejects truncated or foreign entries', () => {
