@@ -6,6 +6,7 @@ import type { CacheEngine, RawEntry } from '../src/cache/index.js'
 import {
   type Captured,
   captureResponse,
+  changedOnTheWay,
   currentAge,
   decideStore,
   decodeEntry,
@@ -409,6 +410,7 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
   /** Stores a captured response; never throws (a failed write only means a later miss). */
   async function storeCaptured(req: Request, res: Response, lk: Lookup, captured: Captured): Promise<void> {
     if (!captured.body || captured.status === 304) return
+    if (changedOnTheWay(captured)) return
     const tags = tagsFor(req, res, captured.headers)
     const decision = decideStore(
       { method: 'GET', url: req.originalUrl ?? req.url, headers: req.headers },

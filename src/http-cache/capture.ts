@@ -4,12 +4,27 @@ import type { HeaderMap } from './cache-control.js'
 /** What the capture saw of one origin response. */
 export interface Captured {
   status: number
-  /** Header fields as they were when the head was written, before later middleware changed them. */
+  /**
+   * Header fields as the origin gave them with its first write, before middleware mounted
+   * outside changed them: they describe the captured bytes.
+   */
   headers: HeaderMap
   /** Body bytes, or `undefined` when the body was larger than the limit (or not captured). */
   body: Buffer | undefined
   /** True when the response was held back (see {@link CaptureOptions.holdBack}). */
   held: boolean
+  /**
+   * The head as it went to the client, read once Node wrote it: with what hooks that run only
+   * then added (express-session's `Set-Cookie`, anything on `on-headers`). `undefined` when
+   * nothing was sent (held back, detached).
+   */
+  sent: { status: number; headers: HeaderMap } | undefined
+  /**
+   * True when `end()` came again before an earlier call had ended the response: a middleware
+   * held the first back and answered otherwise (a session save that failed became a 503), so
+   * the captured body is not what went out.
+   */
+  replaced: boolean
 }
 
 /** How a response is captured. */
@@ -51,7 +66,8 @@ type WriteCallback = (error?: Error | null) => void
  * streams to the client. The head is recorded at the first of them, before it is passed on, so
  * a `compression` middleware placed outside sees the result, and one placed inside has already
  * set `Content-Encoding` for the bytes that reach us: the stored headers always describe the
- * stored bytes. Resolves when the response ends or the connection closes.
+ * stored bytes. The head is read once more as Node writes it (`sent`), for what is added only
+ * then. Resolves when the response ends or the connection closes.
  */
 export function captureResponse(
   res: ServerResponse,
@@ -62,6 +78,9 @@ export function captureResponse(
   const originalEnd = res.end
   let headSeen = false
   let held = false
+  let sent: Captured['sent']
+  let endCalled = false
+  let replaced = false
   let status = 0
   let headers: HeaderMap = {}
   let chunks: Buffer[] = []
@@ -81,12 +100,16 @@ export function captureResponse(
     res.write = originalWrite
     res.end = originalEnd
     res.off('close', onClose)
+    res.off('finish', onFinish)
     if (!ended || !headSeen) return resolve(undefined)
-    resolve({ status, headers, body: keep ? Buffer.concat(chunks, size) : undefined, held })
+    resolve({ status, headers, body: keep ? Buffer.concat(chunks, size) : undefined, held, sent, replaced })
     chunks = []
   }
   const onClose = () => finish(false)
+  // An end() that a middleware inside defers (a session saved first) finishes the response later.
+  const onFinish = () => finish(true)
   res.on('close', onClose)
+  res.on('finish', onFinish)
 
   const onHead = (code: number, extra: unknown) => {
     headSeen = true
@@ -138,7 +161,16 @@ export function captureResponse(
       this.statusCode = typeof args[0] === 'number' ? args[0] : this.statusCode
       return this
     }
-    return (originalWriteHead as (...a: unknown[]) => ServerResponse).apply(this, args)
+    const result = (originalWriteHead as (...a: unknown[]) => ServerResponse).apply(this, args)
+    // Read after the call: hooks installed before this wrapper (on-headers) run inside it.
+    if (sent === undefined && this.headersSent) {
+      const extra = typeof args[1] === 'string' ? args[2] : args[1]
+      const out: HeaderMap = {}
+      mergeHeaderArgument(out, extra)
+      Object.assign(out, this.getHeaders() as HeaderMap)
+      sent = { status: this.statusCode, headers: out }
+    }
+    return result
   } as ServerResponse['writeHead']
 
   res.write = function capturedWrite(this: ServerResponse, chunk: unknown, encoding?: unknown, cb?: unknown) {
@@ -154,6 +186,8 @@ export function captureResponse(
 
   res.end = function capturedEnd(this: ServerResponse, chunk?: unknown, encoding?: unknown, cb?: unknown) {
     if (settled) return (originalEnd as (...a: unknown[]) => ServerResponse).call(this, chunk, encoding, cb)
+    if (endCalled && !this.writableEnded) replaced = true
+    endCalled = true
     if (!headSeen && !this.headersSent) {
       if (
         options.onSingleChunk &&
@@ -179,7 +213,8 @@ export function captureResponse(
       return this
     }
     const result = (originalEnd as (...a: unknown[]) => ServerResponse).call(this, chunk, encoding, cb)
-    finish(true)
+    // Not ended yet: a middleware inside holds end() back; 'finish' (or 'close') settles it.
+    if (this.writableEnded) finish(true)
     return result
   } as ServerResponse['end']
 

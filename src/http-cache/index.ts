@@ -23,6 +23,7 @@ export {
 } from './key.js'
 export type { Evaluation, FreshnessOptions, RequestHead, ResponseHead, StoreDecision } from './policy.js'
 export {
+  changedOnTheWay,
   currentAge,
   decideStore,
   evaluate,

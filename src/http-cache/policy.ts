@@ -7,6 +7,7 @@ import {
   parseCacheControl,
   parseHttpDate,
 } from './cache-control.js'
+import type { Captured } from './capture.js'
 import type { StoredHeader, StoredMeta } from './entry.js'
 import { parseVary } from './key.js'
 
@@ -183,6 +184,22 @@ function stringHeaders(headers: HeaderMap): CachePolicy.Headers {
     if (Array.isArray(v)) out[name] = v.join(', ')
   }
   return out
+}
+
+/**
+ * True when the response that went out is not the one captured, so that storing the capture
+ * would replay something no client received: another status (a session save that failed turned
+ * the 200 into a 503), a body sent in place of it, a `Set-Cookie` or another `Cache-Control` that
+ * hooks added as the head was written (express-session sets its cookie only then).
+ */
+export function changedOnTheWay(captured: Captured): boolean {
+  if (captured.replaced) return true
+  const sent = captured.sent
+  if (sent === undefined) return false
+  // A shared cache must not replay one client's cookie to another (see decideStore).
+  if (sent.headers['set-cookie'] !== undefined) return true
+  if (sent.status !== captured.status) return true
+  return headerText(sent.headers['cache-control']) !== headerText(captured.headers['cache-control'])
 }
 
 /** Current age of a stored response in seconds (RFC 9111 §4.2.3). */

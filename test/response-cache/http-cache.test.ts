@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import {
+  changedOnTheWay,
   decideStore,
   decodeEntry,
   encodeResponse,
@@ -120,6 +121,32 @@ describe('validators', () => {
     expect(notModified(meta, { 'if-none-match': 'garbage, "v2"' })).toBe(false)
     expect(notModified(meta, { 'if-modified-since': new Date().toUTCString() })).toBe(true)
     expect(notModified(meta, { 'if-modified-since': 'yesterday' })).toBe(false)
+  })
+})
+
+describe('what went out', () => {
+  const captured = (
+    sent: { status: number; headers: Record<string, string> } | undefined,
+    replaced = false,
+  ) => ({
+    status: 200,
+    headers: { 'cache-control': 'max-age=60' },
+    body: Buffer.from('x'),
+    held: false,
+    sent,
+    replaced,
+  })
+
+  it('refuses a response whose head changed as it was written, or whose end was replaced', () => {
+    const same = { status: 200, headers: { 'cache-control': 'max-age=60', 'x-cache': 'MISS' } }
+    expect(changedOnTheWay(captured(same))).toBe(false)
+    expect(changedOnTheWay(captured(undefined))).toBe(false)
+    expect(changedOnTheWay(captured(same, true))).toBe(true)
+    expect(changedOnTheWay(captured({ ...same, status: 503 }))).toBe(true)
+    expect(
+      changedOnTheWay(captured({ status: 200, headers: { ...same.headers, 'set-cookie': 'sid=1' } })),
+    ).toBe(true)
+    expect(changedOnTheWay(captured({ status: 200, headers: { 'cache-control': 'private' } }))).toBe(true)
   })
 })
 
