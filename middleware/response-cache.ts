@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import { IncomingMessage, ServerResponse } from 'node:http'
 import { Socket } from 'node:net'
 import type { Application, NextFunction, Request, RequestHandler, Response } from 'express'
-import type { CacheEngine, RawEntry } from '../src/cache/index.js'
+import type { CacheEngine, InvalidationMark, RawEntry } from '../src/cache/index.js'
 import {
   type Captured,
   captureResponse,
@@ -274,6 +274,12 @@ interface Lookup {
   key: string
   primary: string
   marker: VaryMarker | undefined
+  /**
+   * Taken before the lookup: a response stored from it is dropped when the URL was purged or a
+   * tag of it invalidated since (what the origin read may predate that), and a purged Vary
+   * marker is never written again with the generation this lookup found.
+   */
+  mark: InvalidationMark
 }
 
 const stores = new WeakMap<Redkit, Map<string, CacheEngine>>()
@@ -349,15 +355,23 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
   }
 
   async function lookup(primary: string, headers: HeaderMap): Promise<Lookup> {
+    const mark = store.invalidationMark()
     const first = await read(primary)
     if (first?.entry.kind !== 'vary') {
-      return { entry: first?.entry, layer: first?.layer ?? 'l2', key: primary, primary, marker: undefined }
+      return {
+        entry: first?.entry,
+        layer: first?.layer ?? 'l2',
+        key: primary,
+        primary,
+        marker: undefined,
+        mark,
+      }
     }
     const marker = first.entry
     const key = `${primary} #${marker.generation} ${variantId(marker.fields, headers)}`
     const second = await read(key)
     const entry = second?.entry.kind === 'response' ? second.entry : undefined
-    return { entry, layer: second?.layer ?? 'l2', key, primary, marker }
+    return { entry, layer: second?.layer ?? 'l2', key, primary, marker, mark }
   }
 
   function emitHit(lk: Lookup): void {
@@ -437,20 +451,23 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
   ): Promise<void> {
     try {
       const value = encodeResponse(meta, body)
+      const since = lk.mark
       if (!meta.vary) {
-        await store.writeEntry(lk.primary, value, { freshMs, staleMs, tags: meta.tags })
+        await store.writeEntry(lk.primary, value, { freshMs, staleMs, tags: meta.tags, since })
         return
       }
       // One entry per variant, reached through a marker naming the selecting fields.
       const reuse = lk.marker && sameList(lk.marker.fields, meta.vary) ? lk.marker.generation : undefined
       const generation = reuse ?? randomBytes(6).toString('base64url')
       const key = `${lk.primary} #${generation} ${variantId(meta.vary, headers)}`
-      // Marker first: a reader that finds the marker before the variant just misses.
-      await store.writeEntry(lk.primary, encodeVaryMarker(meta.vary, generation), {
+      // Marker first: a reader that finds the marker before the variant just misses. Not written
+      // when the URL was purged since the lookup: that would bring back the purged generation.
+      const marked = await store.writeEntry(lk.primary, encodeVaryMarker(meta.vary, generation), {
         freshMs: freshMs + staleMs,
         staleMs: 0,
+        since,
       })
-      await store.writeEntry(key, value, { freshMs, staleMs, tags: meta.tags })
+      if (marked) await store.writeEntry(key, value, { freshMs, staleMs, tags: meta.tags, since })
     } catch (error) {
       if (!isConnectionError(error))
         kit.events.emit('error', { error: error as Error, connection: 'response-cache' })

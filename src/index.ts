@@ -29,6 +29,7 @@ export type {
   CacheEngineOptions,
   FactoryContext,
   GetOrSetOptions,
+  InvalidationMark,
   RawEntry,
   SetOptions,
   TagSnapshot,

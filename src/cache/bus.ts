@@ -3,8 +3,11 @@ import type { Redkit } from '../kit.js'
 
 /** What one instance tells the others. `i` is the sender, so it can skip its own messages. */
 export type BusMessage =
-  /** Keys written or deleted; `e`: the identity of the entry written (one key written). */
-  | { i: string; t: 'keys'; k: string[]; e?: string }
+  /**
+   * Keys written or deleted. `e`: the identity of the entry written (one key written); `d`: the
+   * keys were deleted (a purge), not written.
+   */
+  | { i: string; t: 'keys'; k: string[]; e?: string; d?: 1 }
   | { i: string; t: 'tags'; v: Record<string, number> }
   | { i: string; t: 'clear'; p: string }
 

@@ -9,6 +9,7 @@ import { LuaScript } from '../util/script.js'
 import { type BusMessage, CacheBus } from './bus.js'
 import { entryIdentity, packEntry, type RawEntry, type StoredEntry, unpackEntry } from './entry.js'
 import { FillGuard } from './fill-guard.js'
+import { InvalidationLog, type InvalidationMark } from './invalidations.js'
 import { type MemoryItem, MemoryTier } from './memory.js'
 import {
   type CacheEngineOptions,
@@ -92,6 +93,14 @@ export interface WriteEntryOptions {
    * @default versions read at write time
    */
   snapshot?: TagSnapshot
+  /**
+   * A mark from {@link CacheEngine.invalidationMark} taken BEFORE the origin was called, for
+   * tags that are known only from its answer (and for purges): the write is skipped when, after
+   * the mark, this instance learned that `key` was deleted, its namespace cleared or one of
+   * `tags` invalidated, and undone when such news from another instance arrives just after it.
+   * @default undefined (no such check)
+   */
+  since?: InvalidationMark
 }
 
 /** Versions of some tags at one moment (see {@link CacheEngine.tagSnapshot}). */
@@ -135,6 +144,7 @@ class CacheCore {
   readonly waiters = new Map<string, Set<() => void>>()
   /** GETs in flight, shared by concurrent readers of one key. */
   readonly reads = new Map<string, Promise<StoredEntry | undefined>>()
+  readonly invalidations = new InvalidationLog((rkeys) => this.undo(rkeys))
 
   constructor(kit: Redkit, options: ResolvedCacheEngineOptions) {
     this.kit = kit
@@ -149,6 +159,7 @@ class CacheCore {
         this.fills.changedAll()
         this.tags.forget()
         this.memory?.clear()
+        this.invalidations.lost()
       },
     )
     void this.bus.start()
@@ -164,15 +175,35 @@ class CacheCore {
         this.memory?.delete(key)
         this.wake(key)
       }
+      if (message.d === 1) this.invalidations.keys(message.k)
     } else if (message.t === 'tags') {
       this.reads.clear()
       for (const [tag, version] of Object.entries(message.v)) this.tags.learn(tag, version)
       this.memory?.deleteTagged(new Set(Object.keys(message.v)))
+      this.invalidations.tags(message.v)
     } else if (message.t === 'clear') {
       this.reads.clear()
       this.fills.changedAll()
       this.memory?.deletePrefix(message.p)
+      this.invalidations.prefix(message.p)
     }
+  }
+
+  /** Deletes keys written after an invalidation this instance heard of only later. */
+  undo(rkeys: string[]): void {
+    for (const rkey of rkeys) {
+      this.reads.delete(rkey)
+      this.memory?.delete(rkey)
+    }
+    this.kit.hub
+      .exec((redis) => Promise.all(rkeys.map((rkey) => redis.unlink(rkey))))
+      .then(() => {
+        for (const rkey of rkeys) this.reads.delete(rkey)
+        return this.bus.publish({ i: this.bus.id, t: 'keys', k: rkeys })
+      })
+      .catch((error: unknown) => {
+        this.kit.events.emit('error', { error: error as Error, connection: 'cache' })
+      })
   }
 
   wake(key: string): void {
@@ -340,6 +371,7 @@ export class CacheEngine {
     if (keys.length === 0) return
     const rkeys = keys.map((key) => this.redisKey(key))
     const core = this.#core
+    core.invalidations.keys(rkeys)
     const drop = () => {
       for (const rkey of rkeys) {
         core.reads.delete(rkey)
@@ -354,7 +386,7 @@ export class CacheEngine {
       // A read that started before the UNLINK reached Redis may have put the old entry back meanwhile.
       drop()
     }
-    await this.#core.bus.publish({ i: this.#core.bus.id, t: 'keys', k: rkeys })
+    await this.#core.bus.publish({ i: this.#core.bus.id, t: 'keys', k: rkeys, d: 1 })
     if (this.#kit.events.has('cache:invalidate')) {
       this.#kit.events.emit('cache:invalidate', { cache: this.name, keys: [...keys] })
     }
@@ -373,6 +405,7 @@ export class CacheEngine {
     if (unique.length === 0) return
     this.#core.memory?.deleteTagged(new Set(unique))
     const versions = await this.#core.tags.bump(unique)
+    this.#core.invalidations.tags(versions)
     this.#core.reads.clear()
     await this.#core.bus.publish({ i: this.#core.bus.id, t: 'tags', v: versions })
     // A racing write that read the old version before our INCR may have refilled memory.
@@ -388,6 +421,7 @@ export class CacheEngine {
    */
   async clear(): Promise<number> {
     const core = this.#core
+    core.invalidations.prefix(this.#base)
     const drop = () => {
       core.reads.clear()
       core.fills.changedAll()
@@ -426,21 +460,30 @@ export class CacheEngine {
   }
 
   /**
-   * Stores raw bytes. Rejects with `ConnectionError` when Redis is unavailable. Emits `cache:store`.
+   * Stores raw bytes. Resolves `false` when a `since` mark shows an invalidation after it (then
+   * nothing stays stored; `cache:bypass` with reason `invalidated`). Rejects with
+   * `ConnectionError` when Redis is unavailable. Emits `cache:store`.
    *
    * @example
-   * const snapshot = await cache.tagSnapshot(['products'])
-   * const body = await callOrigin()
-   * await cache.writeEntry(key, body, { freshMs: 60_000, staleMs: 30_000, tags: ['products'], snapshot })
+   * const since = cache.invalidationMark()
+   * const { body, tags } = await callOrigin()
+   * await cache.writeEntry(key, body, { freshMs: 60_000, staleMs: 30_000, tags, since })
    */
-  async writeEntry(key: string, value: Buffer, options: WriteEntryOptions): Promise<void> {
+  async writeEntry(key: string, value: Buffer, options: WriteEntryOptions): Promise<boolean> {
     const tags = options.tags ?? []
     const snapshot = options.snapshot && sameTags(options.snapshot.tags, tags) ? options.snapshot : undefined
     const versions = snapshot ? snapshot.versions : tags.length > 0 ? await this.#core.tags.current(tags) : []
+    const rkey = this.redisKey(key)
+    const since = options.since
+    const log = this.#core.invalidations
+    if (since !== undefined && log.changedSince(since, rkey, tags)) {
+      this.#bypass('invalidated')
+      return false
+    }
     const now = Date.now()
     await this.#write(
       key,
-      this.redisKey(key),
+      rkey,
       {
         value,
         storedAt: now,
@@ -454,6 +497,23 @@ export class CacheEngine {
       },
       undefined,
     )
+    if (since === undefined) return true
+    // Learned while the write was on its way: take it back. Later news finds it in the log.
+    if (log.changedSince(since, rkey, tags)) {
+      this.#core.undo([rkey])
+      this.#bypass('invalidated')
+      return false
+    }
+    log.remember(rkey, tags, versions)
+    return true
+  }
+
+  /**
+   * A mark for {@link WriteEntryOptions.since}: take it before calling the origin whose answer
+   * will be written. Synchronous and local (no Redis round trip).
+   */
+  invalidationMark(): InvalidationMark {
+    return this.#core.invalidations.mark()
   }
 
   /** Versions of `tags` now; pass it to {@link CacheEngine.writeEntry} as `snapshot`. */

@@ -439,6 +439,53 @@ describe('cache engine: raw entries and stampede tools', () => {
     expect(await kitA.cache.readEntry('snapped')).toBeUndefined()
   })
 
+  it('a write marked before a purge or a tag invalidation is skipped; one marked after is kept', async () => {
+    const cache = kitA.cache
+    let since = cache.invalidationMark()
+    await cache.deleteKeys(['marked-1'])
+    expect(await cache.writeEntry('marked-1', Buffer.from('old'), { freshMs: 60_000, since })).toBe(false)
+    expect(await cache.readEntry('marked-1')).toBeUndefined()
+    since = cache.invalidationMark()
+    await kitB.cache.invalidateTags(['marked-tag'])
+    await eventually(async () => {
+      const written = await cache.writeEntry('marked-2', Buffer.from('old'), {
+        freshMs: 60_000,
+        tags: ['marked-tag'],
+        since,
+      })
+      return !written
+    })
+    expect(await cache.readEntry('marked-2')).toBeUndefined()
+    since = cache.invalidationMark()
+    expect(await cache.writeEntry('marked-1', Buffer.from('new'), { freshMs: 60_000, since })).toBe(true)
+    expect((await cache.readEntry('marked-1'))?.value.toString()).toBe('new')
+  })
+
+  it('news of another instance invalidation that arrives after a marked write undoes it', async () => {
+    const cache = kitA.cache
+    const keys = kitA.keys.module('cache')
+    const channel = keys.key('#bus')
+    // Another instance's purge and tag invalidation land in Redis; their messages come later.
+    const since = cache.invalidationMark()
+    await kitB.redis.incr(keys.key('#tags', 'late-tag'))
+    expect(await cache.writeEntry('late-key', Buffer.from('old'), { freshMs: 60_000, since })).toBe(true)
+    expect(
+      await cache.writeEntry('late-tagged', Buffer.from('old'), {
+        freshMs: 60_000,
+        tags: ['late-tag'],
+        since,
+      }),
+    ).toBe(true)
+    expect((await cache.readEntry('late-tagged'))?.value.toString()).toBe('old')
+    await kitB.redis.publish(
+      channel,
+      JSON.stringify({ i: 'other', t: 'keys', k: [cache.redisKey('late-key')], d: 1 }),
+    )
+    await kitB.redis.publish(channel, JSON.stringify({ i: 'other', t: 'tags', v: { 'late-tag': 1 } }))
+    await eventually(async () => (await cache.readEntry('late-key')) === undefined)
+    await eventually(async () => (await cache.readEntry('late-tagged')) === undefined)
+  })
+
   it('leases are exclusive and released by their holder only', async () => {
     const token = await kitA.cache.acquireLease('job', 5000)
     expect(token).toBeTypeOf('string')
