@@ -51,13 +51,14 @@ export interface ResponseCacheOptions {
   forceTtl?: boolean
   /**
    * Serve a stale copy this long past its freshness while one background refresh runs, for
-   * responses without a `stale-while-revalidate` directive.
+   * responses without a `stale-while-revalidate` directive, and never for those with `s-maxage`
+   * (RFC 9111 §5.2.2.10: for a shared cache it means proxy-revalidate).
    * @default 0
    */
   staleWhileRevalidate?: Duration
   /**
    * Serve a stale copy this long past its freshness when the origin answers 5xx or fails, for
-   * responses without a `stale-if-error` directive.
+   * responses without a `stale-if-error` directive, and never for those with `s-maxage`.
    * @default 0
    */
   staleIfError?: Duration

@@ -129,10 +129,13 @@ export function decideStore(
     has(rescc, 'must-revalidate') || has(rescc, 'proxy-revalidate') || sMaxAge !== undefined
   // RFC 9111 §4.2.4: no-cache and must-revalidate forbid serving a stale copy.
   const strict = noCache || has(rescc, 'must-revalidate') || has(rescc, 'proxy-revalidate')
-  const swr = strict
-    ? 0
-    : (deltaSeconds(rescc, 'stale-while-revalidate') ?? options.staleWhileRevalidateMs / 1000)
-  const sie = strict ? 0 : (deltaSeconds(rescc, 'stale-if-error') ?? options.staleIfErrorMs / 1000)
+  // RFC 9111 §5.2.2.10: s-maxage "incorporates the semantics of the proxy-revalidate response
+  // directive" for a shared cache, so the option windows never apply; only the response's own
+  // stale-while-revalidate / stale-if-error (RFC 5861) say that it may be served stale.
+  const staleWindow = (directive: string, optionMs: number): number =>
+    strict ? 0 : (deltaSeconds(rescc, directive) ?? (sMaxAge !== undefined ? 0 : optionMs / 1000))
+  const swr = staleWindow('stale-while-revalidate', options.staleWhileRevalidateMs)
+  const sie = staleWindow('stale-if-error', options.staleIfErrorMs)
 
   const etag = headerText(res.headers.etag)
   const lastModified = headerText(res.headers['last-modified'])

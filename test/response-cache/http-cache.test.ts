@@ -61,6 +61,21 @@ describe('decideStore', () => {
     expect(Math.round(meta.lifetime)).toBe(30)
   })
 
+  it('s-maxage is never stale through the option windows, only through its own directives', () => {
+    const windows = { ...OPTIONS, staleWhileRevalidateMs: 60_000, staleIfErrorMs: 60_000 }
+    const meta = (cc: string) => {
+      const d = decideStore(GET, { status: 200, headers: { 'cache-control': cc } }, [], windows)
+      if (!d.store) throw new Error(`not stored: ${d.reason}`)
+      return d.meta
+    }
+    expect([meta('max-age=1').swr, meta('max-age=1').sie]).toEqual([60, 60])
+    expect([meta('s-maxage=1').swr, meta('s-maxage=1').sie]).toEqual([0, 0])
+    expect([meta('s-maxage=1, max-age=10').swr, meta('s-maxage=1, max-age=10').sie]).toEqual([0, 0])
+    const own = meta('s-maxage=1, stale-while-revalidate=30, stale-if-error=40')
+    expect([own.swr, own.sie]).toEqual([30, 40])
+    expect(meta('s-maxage=1, must-revalidate, stale-while-revalidate=30').swr).toBe(0)
+  })
+
   it('refuses Set-Cookie, Vary: *, private, no-store, invalid max-age and POST', () => {
     const refuse = (headers: Record<string, string>, req = GET) =>
       decideStore(req, { status: 200, headers }, [], OPTIONS)

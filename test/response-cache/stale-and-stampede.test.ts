@@ -197,6 +197,52 @@ describe('stale-while-revalidate', () => {
   })
 })
 
+describe('s-maxage (RFC 9111 §5.2.2.10: proxy-revalidate for a shared cache)', () => {
+  it('is not served stale through the staleWhileRevalidate option', async () => {
+    const p = path('smaxage-swr')
+    const origin = countingApp(responseCache(kitA, { staleWhileRevalidate: '1m' }), p, () => 's-maxage=1')
+    const stored = nextStore(kitA)
+    await request(origin.app).get(p)
+    await stored
+    await sleep(1200)
+    const second = await request(origin.app).get(p)
+    expect([second.text, second.headers['x-cache']]).toEqual(['v2', 'MISS'])
+  })
+
+  it('is not served stale through the staleIfError option', async () => {
+    const p = path('smaxage-sie')
+    let calls = 0
+    const app = appWith(responseCache(kitA, { staleIfError: '1m', etag: false }), (a) =>
+      a.get(p, (_req, res) => {
+        calls++
+        if (calls > 1) {
+          res.status(500).send('broken')
+          return
+        }
+        res.set('Cache-Control', 's-maxage=1')
+        res.send('good')
+      }),
+    )
+    const stored = nextStore(kitA)
+    await request(app).get(p)
+    await stored
+    await sleep(1200)
+    const second = await request(app).get(p)
+    expect([second.status, second.text]).toEqual([500, 'broken'])
+  })
+
+  it('is served stale when the response itself says stale-while-revalidate', async () => {
+    const p = path('smaxage-own')
+    const origin = countingApp(responseCache(kitA), p, () => 's-maxage=1, stale-while-revalidate=30')
+    const stored = nextStore(kitA)
+    await request(origin.app).get(p)
+    await stored
+    await sleep(1200)
+    const second = await request(origin.app).get(p)
+    expect([second.text, second.headers['x-cache']]).toEqual(['v1', 'STALE'])
+  })
+})
+
 describe('stale-if-error', () => {
   it('serves the stale copy when the origin answers 5xx or throws', async () => {
     const p = path('sie')
