@@ -502,6 +502,12 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
       }
     }
     const keepBody = mode.store && req.method === 'GET' && lk !== undefined
+    // Settled at the head when nothing will be stored, so that the lease and the flight are let
+    // go then, not when a long (or endless: an event stream) body ends.
+    let headDecided!: () => void
+    const unstorable = new Promise<void>((resolve) => {
+      headDecided = resolve
+    })
     const { done } = captureResponse(res, {
       maxSize: o.maxSize,
       keepBody,
@@ -511,6 +517,11 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
       holdBack: stale
         ? (status) => (saved.length > 0 && status === 304) || (mode.staleIfError === true && status >= 500)
         : undefined,
+      storable: (status, headers) => {
+        const storable = keepBody && storableHead(req, status, headers)
+        if (!storable) headDecided()
+        return storable
+      },
       onSingleChunk:
         o.etag && keepBody
           ? (chunk) => {
@@ -549,9 +560,23 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
       if (lk) await storeCaptured(req, res, lk, captured)
     })
     next()
-    return finished.catch((error: unknown) => {
+    const result = finished.catch((error: unknown) => {
       kit.events.emit('error', { error: error as Error, connection: 'response-cache' })
     })
+    return Promise.race([result, unstorable])
+  }
+
+  /** False when a response with this head cannot be stored whatever its body turns out to be. */
+  function storableHead(req: Request, status: number, headers: HeaderMap): boolean {
+    if (status === 304) return false
+    const length = Number(headers['content-length'])
+    if (Number.isFinite(length) && length > o.maxSize) return false
+    return decideStore(
+      { method: 'GET', url: req.originalUrl ?? req.url, headers: req.headers },
+      { status, headers },
+      [],
+      o.freshness,
+    ).store
   }
 
   /** RFC 9111 §4.3.4: a 304 freshens the stored response with the header fields it carries. */
@@ -611,12 +636,14 @@ export function responseCache(kit: Redkit, options: ResponseCacheOptions = {}): 
       } catch {
         token = null
         // Redis went away between the lookup and now: fail open for this request.
-        return origin(req, res, next, lk, { ...mode, label: 'BYPASS', store: false })
+        return withDeadline(origin(req, res, next, lk, { ...mode, label: 'BYPASS', store: false }), o.leaseMs)
       }
       if (token === null) {
-        const arrived = await store.waitForEntry(lk.key, o.waitMs).catch(() => undefined)
+        // Stops early when the holder lets its lease go with nothing stored (not storable).
+        const arrived = await store.waitForEntry(lk.key, o.waitMs, { leaseOf: lk.key }).catch(() => undefined)
         if (arrived && (await answerFromStore(req, res, lk.primary, false))) return
-        return origin(req, res, next, lk, mode)
+        // Bounded like the holder's own call: a stream or long poll must not hold the flight.
+        return withDeadline(origin(req, res, next, lk, mode), o.leaseMs)
       }
       try {
         // Another instance may have stored the response and released its lease between this

@@ -551,10 +551,22 @@ export class CacheEngine {
    * Waits up to `ms` for a fresh entry under `key` (written by another process holding the
    * lease): woken by the bus when it is written, polling as a fallback. `undefined` on timeout or
    * when Redis is unavailable.
+   *
+   * With `leaseOf` (the key given to {@link CacheEngine.acquireLease} by the holder), it also
+   * stops, with `undefined`, once that lease is gone and no entry came: the holder found nothing
+   * to store (or failed), and waiting on would only delay the caller's own call.
+   *
+   * @example
+   * const token = await cache.acquireLease(key, 10_000)
+   * if (token === null) entry = await cache.waitForEntry(key, 3000, { leaseOf: key })
    */
-  async waitForEntry(key: string, ms: number): Promise<RawEntry | undefined> {
+  async waitForEntry(
+    key: string,
+    ms: number,
+    options: { leaseOf?: string } = {},
+  ): Promise<RawEntry | undefined> {
     const rkey = this.redisKey(key)
-    const read = await this.#waitFor(rkey, ms)
+    const read = await this.#waitFor(rkey, ms, options.leaseOf)
     return typeof read === 'object' ? read.entry : undefined
   }
 

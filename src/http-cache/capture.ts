@@ -40,6 +40,11 @@ export interface CaptureOptions {
    * stale-if-error.
    */
   holdBack?: (status: number, headers: HeaderMap) => boolean
+  /**
+   * Called once with the status and headers of a response that is not held back: return false
+   * when it cannot be stored whatever its body, which is then not kept.
+   */
+  storable?: (status: number, headers: HeaderMap) => boolean
   /** Nothing is ever sent (a background refresh on a response object with no client). */
   detached?: boolean
   /** Header names removed before the head leaves (tag headers). */
@@ -119,6 +124,7 @@ export function captureResponse(
     const length = Number(headers['content-length'])
     if (Number.isFinite(length) && length > options.maxSize) dropBody()
     if (options.holdBack?.(status, headers)) held = true
+    else if (options.storable && !options.storable(status, headers)) dropBody()
     if (silent()) return
     for (const name of options.strip) if (res.hasHeader(name)) res.removeHeader(name)
     if (options.add) for (const [name, value] of Object.entries(options.add)) res.setHeader(name, value)

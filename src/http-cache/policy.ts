@@ -87,6 +87,10 @@ export function decideStore(
   // A shared cache must not replay one client's cookie to another; http-cache-semantics would
   // still serve such a response to a max-stale request, so it is never stored at all.
   if (res.headers['set-cookie'] !== undefined) return { store: false, reason: 'set-cookie' }
+  // An event stream is a live feed: a recording of one replayed to later clients never is.
+  if (/^\s*text\/event-stream/i.test(headerText(res.headers['content-type']) ?? '')) {
+    return { store: false, reason: 'event-stream' }
+  }
   const vary = parseVary(res.headers.vary)
   // RFC 9111 §4.1: "A stored response with a Vary header field value containing a member '*'
   // always fails to match", so storing it would only waste memory.

@@ -506,6 +506,17 @@ describe('cache engine: raw entries and stampede tools', () => {
     expect(Date.now() - started).toBeLessThan(2000)
   })
 
+  it('waitForEntry with leaseOf stops once the lease is let go without an entry', async () => {
+    const token = await kitA.cache.acquireLease('unstorable', 10_000)
+    expect(token).toBeTypeOf('string')
+    const started = Date.now()
+    const waiting = kitB.cache.waitForEntry('unstorable', 3000, { leaseOf: 'unstorable' })
+    await sleep(100)
+    await kitA.cache.releaseLease('unstorable', token as string)
+    expect(await waiting).toBeUndefined()
+    expect(Date.now() - started).toBeLessThan(1000)
+  })
+
   it('singleFlight runs one call per key at a time', async () => {
     let calls = 0
     const fn = async () => {

@@ -76,6 +76,13 @@ describe('decideStore', () => {
     expect(meta('s-maxage=1, must-revalidate, stale-while-revalidate=30').swr).toBe(0)
   })
 
+  it('refuses an event stream, which is a live feed', () => {
+    const head = { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'max-age=60' }
+    expect(decideStore(GET, { status: 200, headers: head }, [], OPTIONS)).toMatchObject({
+      reason: 'event-stream',
+    })
+  })
+
   it('refuses Set-Cookie, Vary: *, private, no-store, invalid max-age and POST', () => {
     const refuse = (headers: Record<string, string>, req = GET) =>
       decideStore(req, { status: 200, headers }, [], OPTIONS)

@@ -314,6 +314,60 @@ describe('two instances', () => {
     }
   })
 
+  it('a response that turns out not to be storable does not keep the other instance waiting', async () => {
+    const p = path('private')
+    const handler = async (_req: unknown, res: import('express').Response) => {
+      await sleep(300)
+      res.set('Cache-Control', 'private')
+      res.send('mine')
+    }
+    const a = await listen(appWith(responseCache(kitA), (x) => x.get(p, handler)))
+    const b = await listen(appWith(responseCache(kitB), (x) => x.get(p, handler)))
+    try {
+      const first = fetch(`${a.url}${p}`).then((r) => r.text())
+      await sleep(50)
+      const started = Date.now()
+      expect(await fetch(`${b.url}${p}`).then((r) => r.text())).toBe('mine')
+      expect(Date.now() - started).toBeLessThan(1000)
+      expect(await first).toBe('mine')
+    } finally {
+      a.server.close()
+      b.server.close()
+    }
+  })
+
+  it('an event stream does not hold the lease or the flight while it lasts', async () => {
+    const p = path('events')
+    const streams: import('express').Response[] = []
+    const handler = (_req: unknown, res: import('express').Response) => {
+      streams.push(res)
+      res.set('Content-Type', 'text/event-stream')
+      res.write('data: hello\n\n')
+    }
+    const a = await listen(appWith(responseCache(kitA), (x) => x.get(p, handler)))
+    const b = await listen(appWith(responseCache(kitB), (x) => x.get(p, handler)))
+    // Each stream stays open until the end of the test, as a subscriber's would.
+    const controller = new AbortController()
+    const firstEvent = async (url: string) => {
+      const started = Date.now()
+      const res = await fetch(url, { signal: controller.signal })
+      const chunk = await res.body?.getReader().read()
+      expect(Buffer.from(chunk?.value ?? []).toString()).toBe('data: hello\n\n')
+      return Date.now() - started
+    }
+    try {
+      // One stream holds instance A's lease; then one on B, and another on B joining B's flight.
+      expect(await firstEvent(`${a.url}${p}`)).toBeLessThan(1000)
+      expect(await firstEvent(`${b.url}${p}`)).toBeLessThan(1000)
+      expect(await firstEvent(`${b.url}${p}`)).toBeLessThan(1000)
+    } finally {
+      controller.abort()
+      for (const res of streams) res.end()
+      a.server.close()
+      b.server.close()
+    }
+  })
+
   it('a miss that wins the lease after another instance stored the response serves it without the origin', async () => {
     const p = path('stored-elsewhere')
     const cache = responseCache(kitA)
