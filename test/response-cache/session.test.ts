@@ -70,6 +70,23 @@ describe('behind session()', () => {
     expect([second.status, second.headers['x-cache']]).toEqual([500, 'MISS'])
   })
 
+  it('also when session() is mounted after the cache', async () => {
+    const p = path('after')
+    const app = express()
+    app.use(responseCache(kit))
+    app.use(session(kit, { secret: 'x'.repeat(32) }))
+    app.get(p, (req, res) => {
+      req.session.n = 1
+      res.json({ sid: req.sessionID })
+    })
+    const first = await request(app).get(p)
+    expect(first.headers['set-cookie']).toBeDefined()
+    await sleep(100)
+    const second = await request(app).get(p)
+    expect([second.headers['x-cache'], second.headers['set-cookie'] !== undefined]).toEqual(['MISS', true])
+    expect(second.body.sid).not.toBe(first.body.sid)
+  })
+
   it('a response that leaves the session alone is stored and served without a cookie', async () => {
     const p = path('untouched')
     let calls = 0
