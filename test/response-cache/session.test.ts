@@ -94,9 +94,15 @@ describe('behind session()', () => {
       calls++
       res.json({ calls })
     })
+    const stored = new Promise<void>((resolve) => {
+      const off = kit.on('cache:store', () => {
+        off()
+        resolve()
+      })
+    })
     const first = await request(app).get(p)
     expect(first.headers['set-cookie']).toBeUndefined()
-    await sleep(100)
+    await stored
     const second = await request(app).get(p)
     expect([second.headers['x-cache'], second.body.calls, second.headers['set-cookie']]).toEqual([
       'HIT',
