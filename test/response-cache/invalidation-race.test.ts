@@ -44,6 +44,18 @@ function start(app: Express, p: string, headers: Record<string, string> = {}) {
     .then((r) => r)
 }
 
+/** Resolves after `count` stores on `kit`. */
+function storesOf(kit: Redkit, count: number): Promise<void> {
+  let left = count
+  return new Promise((resolve) => {
+    const off = kit.on('cache:store', () => {
+      if (--left > 0) return
+      off()
+      resolve()
+    })
+  })
+}
+
 /** Resolves once `check` is true (polled). */
 async function until(check: () => boolean): Promise<void> {
   while (!check()) await sleep(5)
@@ -143,8 +155,9 @@ describe('an invalidation while the origin runs', () => {
         res.status(204).end()
       })
     })
+    const stored = storesOf(kitA, 2) // the variant marker and the variant
     expect((await request(app).get(p).set('Accept-Language', 'en')).text).toBe('v1 en')
-    await sleep(100)
+    await stored
     expect((await request(app).get(p).set('Accept-Language', 'en')).headers['x-cache']).toBe('HIT')
     const fr = start(app, p, { 'Accept-Language': 'fr' })
     await until(() => calls === 2)
