@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { responseCache } from '../../middleware/response-cache.js'
 import type { Redkit } from '../../src/index.js'
 import { type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/index.js'
-import { appWith, makeKit, sleep } from './setup.js'
+import { appWith, makeKit, nextStore, sleep } from './setup.js'
 
 let redis: StandaloneRedis
 let kit: Redkit
@@ -19,17 +19,6 @@ afterAll(async () => {
   await kit.close()
   await redis.stop()
 })
-
-function nextStore(count = 1): Promise<void> {
-  let left = count
-  return new Promise((resolve) => {
-    const off = kit.on('cache:store', () => {
-      if (--left > 0) return
-      off()
-      resolve()
-    })
-  })
-}
 
 /** A route answering with a response header set to `value`, counting calls. */
 function withHeader(name: string, value: string) {
@@ -67,7 +56,7 @@ describe('malformed response headers are passed through uncached', () => {
 
   it('quoted commas in Cache-Control do not split directives', async () => {
     const r = withHeader('Cache-Control', 'max-age=60, community="a, b, max-age=0"')
-    const stored = nextStore()
+    const stored = nextStore(kit)
     await request(r.app).get(r.p)
     await stored
     expect((await request(r.app).get(r.p)).headers['x-cache']).toBe('HIT')
@@ -86,7 +75,7 @@ describe('malformed request headers are served correctly', () => {
         res.send('body')
       }),
     )
-    const stored = nextStore()
+    const stored = nextStore(kit)
     await request(app).get(p)
     await stored
     return { app, p, calls: () => calls }
@@ -124,7 +113,7 @@ describe('long inputs', () => {
     )
     const q1 = `${'a'.repeat(6000)}1111111111`
     const q2 = `${'a'.repeat(6000)}2222222222`
-    const stored = nextStore()
+    const stored = nextStore(kit)
     expect((await request(app).get(`${p}?q=${q1}`)).text).toBe('1111111111')
     await stored
     expect((await request(app).get(`${p}?q=${q2}`)).text).toBe('2222222222')
@@ -143,7 +132,7 @@ describe('long inputs', () => {
     )
     const one = `${'z'.repeat(7000)}0001`
     const two = `${'z'.repeat(7000)}0002`
-    const stored = nextStore(2)
+    const stored = nextStore(kit, 2)
     await request(app).get(p).set('X-Long', one)
     await stored
     expect((await request(app).get(p).set('X-Long', two)).text).toBe('0002')
@@ -156,7 +145,7 @@ describe('forwarded host', () => {
   it('without trust proxy, X-Forwarded-Host neither changes the key nor poisons the entry', async () => {
     const p = path('xfh')
     const app = appWith(responseCache(kit), (a) => a.get(p, (req, res) => res.send(`host=${req.hostname}`)))
-    const stored = nextStore()
+    const stored = nextStore(kit)
     const evil = await request(app).get(p).set('X-Forwarded-Host', 'evil.example')
     expect(evil.text).toBe('host=127.0.0.1')
     await stored
@@ -170,7 +159,7 @@ describe('forwarded host', () => {
     app.set('trust proxy', true)
     app.use(responseCache(kit))
     app.get(p, (req, res) => res.send(`host=${req.hostname}`))
-    const stored = nextStore()
+    const stored = nextStore(kit)
     expect((await request(app).get(p).set('X-Forwarded-Host', 'evil.example')).text).toBe('host=evil.example')
     await stored
     const clean = await request(app).get(p)
@@ -208,7 +197,7 @@ describe('Host header', () => {
 
   it('an unsafe request with an invalid Host invalidates nothing', async () => {
     const { app, calls } = shop()
-    const stored = nextStore()
+    const stored = nextStore(kit)
     await request(app).get('/api/products/42').set('Host', 'shop2.example')
     await stored
     const post = await request(app).post('/42').set('Host', 'shop2.example/api/products')
@@ -240,7 +229,7 @@ describe('Host header', () => {
     it(`Host ${JSON.stringify(host)} is cached`, async () => {
       const p = path('host-ok')
       const app = appWith(responseCache(kit), (a) => a.get(p, (_req, res) => res.send('ok')))
-      const stored = nextStore()
+      const stored = nextStore(kit)
       await request(app).get(p).set('Host', host)
       await stored
       expect((await request(app).get(p).set('Host', host)).headers['x-cache']).toBe('HIT')
@@ -264,7 +253,7 @@ describe('scheme', () => {
 
   it('an http redirect to https is never replayed to https clients', async () => {
     const { app, p } = redirecting()
-    const stored = nextStore()
+    const stored = nextStore(kit)
     const plain = await request(app).get(p).set('Host', 'shop.example').set('X-Forwarded-Proto', 'http')
     expect(plain.status).toBe(301)
     await stored
@@ -276,7 +265,7 @@ describe('scheme', () => {
 
   it('purge(url) removes the entries of both schemes', async () => {
     const { app, cache, p } = redirecting()
-    const stored = nextStore(2)
+    const stored = nextStore(kit, 2)
     await request(app).get(p).set('Host', 'shop.example').set('X-Forwarded-Proto', 'http')
     await request(app).get(p).set('Host', 'shop.example').set('X-Forwarded-Proto', 'https')
     await stored

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { responseCache } from '../../middleware/response-cache.js'
 import type { Redkit } from '../../src/index.js'
 import { type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/index.js'
-import { makeKit } from './setup.js'
+import { makeKit, nextStore } from './setup.js'
 
 let redis: StandaloneRedis
 let kit: Redkit
@@ -19,17 +19,6 @@ afterAll(async () => {
   await kit.close()
   await redis.stop()
 })
-
-function nextStore(count = 1): Promise<void> {
-  let left = count
-  return new Promise((resolve) => {
-    const off = kit.on('cache:store', () => {
-      if (--left > 0) return
-      off()
-      resolve()
-    })
-  })
-}
 
 function get(app: express.Express, p: string, encoding: string) {
   return request(app).get(p).set('Accept-Encoding', encoding)
@@ -45,12 +34,12 @@ describe('with the compression middleware', () => {
       calls++
       res.type('text/plain').send(body)
     })
-    let stored = nextStore(2)
+    let stored = nextStore(kit, 2)
     const gz = await get(app, '/outer', 'gzip')
     expect(gz.headers['content-encoding']).toBe('gzip')
     expect(gz.text).toBe(body)
     await stored
-    stored = nextStore(2)
+    stored = nextStore(kit, 2)
     const plain = await get(app, '/outer', 'identity')
     expect(plain.headers['content-encoding']).toBeUndefined()
     expect(plain.text).toBe(body)
@@ -79,7 +68,7 @@ describe('with the compression middleware', () => {
       calls++
       res.type('text/plain').send(body)
     })
-    const stored = nextStore()
+    const stored = nextStore(kit)
     const gz = await get(app, '/inner', 'gzip')
     expect(gz.headers['content-encoding']).toBe('gzip')
     expect(gz.headers['x-cache']).toBe('MISS')

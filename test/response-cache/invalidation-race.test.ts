@@ -1,12 +1,10 @@
-import type { Server } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import type { Express } from 'express'
 import request from 'supertest'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { responseCache } from '../../middleware/response-cache.js'
 import type { Redkit } from '../../src/index.js'
 import { type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/index.js'
-import { appWith, eventually, makeKit, sleep } from './setup.js'
+import { appWith, eventually, listen, makeKit, nextStore, sleep } from './setup.js'
 
 let redis: StandaloneRedis
 let kitA: Redkit
@@ -42,18 +40,6 @@ function start(app: Express, p: string, headers: Record<string, string> = {}) {
     .get(p)
     .set(headers)
     .then((r) => r)
-}
-
-/** Resolves after `count` stores on `kit`. */
-function storesOf(kit: Redkit, count: number): Promise<void> {
-  let left = count
-  return new Promise((resolve) => {
-    const off = kit.on('cache:store', () => {
-      if (--left > 0) return
-      off()
-      resolve()
-    })
-  })
 }
 
 /** Resolves once `check` is true (polled). */
@@ -155,7 +141,7 @@ describe('an invalidation while the origin runs', () => {
         res.status(204).end()
       })
     })
-    const stored = storesOf(kitA, 2) // the variant marker and the variant
+    const stored = nextStore(kitA, 2) // the variant marker and the variant
     expect((await request(app).get(p).set('Accept-Language', 'en')).text).toBe('v1 en')
     await stored
     expect((await request(app).get(p).set('Accept-Language', 'en')).headers['x-cache']).toBe('HIT')
@@ -217,11 +203,3 @@ describe('an invalidation while the origin runs', () => {
     }
   })
 })
-
-async function listen(app: Express): Promise<{ server: Server; url: string }> {
-  return new Promise((resolve) => {
-    const server = app.listen(0, '127.0.0.1', () => {
-      resolve({ server, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` })
-    })
-  })
-}

@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { responseCache } from '../../middleware/response-cache.js'
 import type { Redkit } from '../../src/index.js'
 import { type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/index.js'
-import { appWith, eventually, makeKit } from './setup.js'
+import { appWith, eventually, makeKit, nextStore } from './setup.js'
 
 let redis: StandaloneRedis
 let kit: Redkit
@@ -16,15 +16,6 @@ afterAll(async () => {
   await kit.close()
   await redis.stop()
 })
-
-function nextStore(): Promise<void> {
-  return new Promise((resolve) => {
-    const off = kit.on('cache:store', () => {
-      off()
-      resolve()
-    })
-  })
-}
 
 describe('Redis down', () => {
   it('fails open with X-Cache: BYPASS, answers within 3 s, and caches again once Redis is back', async () => {
@@ -39,7 +30,7 @@ describe('Redis down', () => {
         res.send(`v${calls}`)
       }),
     )
-    const stored = nextStore()
+    const stored = nextStore(kit)
     await request(app).get('/down')
     await stored
     expect((await request(app).get('/down')).headers['x-cache']).toBe('HIT')
@@ -80,7 +71,7 @@ describe('Redis down', () => {
         res.send(`v${calls}`)
       }),
     )
-    const stored = nextStore()
+    const stored = nextStore(kit)
     await request(app).get('/memory')
     await stored
     await redis.server.kill()

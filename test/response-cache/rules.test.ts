@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { responseCache } from '../../middleware/response-cache.js'
 import type { Redkit } from '../../src/index.js'
 import { type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/index.js'
-import { appWith, makeKit, sleep } from './setup.js'
+import { appWith, makeKit, nextStore, sleep } from './setup.js'
 
 let redis: StandaloneRedis
 let kit: Redkit
@@ -20,18 +20,6 @@ afterAll(async () => {
   await kit.close()
   await redis.stop()
 })
-
-/** Resolves after the next `cache:store` event (the store happens after the response is sent). */
-function nextStore(k: Redkit = kit, count = 1): Promise<void> {
-  let left = count
-  return new Promise((resolve) => {
-    const off = k.on('cache:store', () => {
-      if (--left > 0) return
-      off()
-      resolve()
-    })
-  })
-}
 
 function counted(
   handler: (req: import('express').Request, res: import('express').Response, calls: number) => void,
@@ -51,7 +39,7 @@ describe('storing and serving', () => {
     const p = path('basic')
     const h = counted((_req, res, calls) => res.json({ calls }))
     const app = appWith(responseCache(kit), (a) => a.get(p, h.route))
-    const stored = nextStore()
+    const stored = nextStore(kit)
     const first = await request(app).get(p)
     expect(first.headers['x-cache']).toBe('MISS')
     await stored
@@ -71,7 +59,7 @@ describe('storing and serving', () => {
       res.send(`v${calls}`)
     })
     const app = appWith(responseCache(kit, { ttl: '1h' }), (a) => a.get(p, h.route))
-    const stored = nextStore()
+    const stored = nextStore(kit)
     await request(app).get(p)
     await stored
     const hit = await request(app).get(p)
@@ -122,7 +110,7 @@ describe('storing and serving', () => {
     const p = path('ttl')
     const h = counted((_req, res, calls) => res.send(`v${calls}`))
     const app = appWith(responseCache(kit, { ttl: 500 }), (a) => a.get(p, h.route))
-    const stored = nextStore()
+    const stored = nextStore(kit)
     await request(app).get(p)
     await stored
     expect((await request(app).get(p)).headers['x-cache']).toBe('HIT')
@@ -139,7 +127,7 @@ describe('storing and serving', () => {
     const app = appWith(responseCache(kit, { ttl: '1m', forceTtl: true, etag: false }), (a) =>
       a.get(p, h.route),
     )
-    const stored = nextStore()
+    const stored = nextStore(kit)
     await request(app).get(p)
     await stored
     const hit = await request(app).get(p)
@@ -184,7 +172,7 @@ describe('storing and serving', () => {
       res.end(bytes.subarray(2000))
     })
     const app = appWith(responseCache(kit), (a) => a.get(p, h.route))
-    const stored = nextStore()
+    const stored = nextStore(kit)
     await request(app).get(p)
     await stored
     const hit = await request(app)
@@ -205,7 +193,7 @@ describe('storing and serving', () => {
     const p = path('head')
     const h = counted((_req, res) => res.send('hello head'))
     const app = appWith(responseCache(kit), (a) => a.get(p, h.route))
-    const stored = nextStore()
+    const stored = nextStore(kit)
     await request(app).get(p)
     await stored
     const head = await request(app).head(p)
@@ -234,7 +222,7 @@ describe('request Cache-Control', () => {
       res.send(`v${calls}`)
     })
     const app = appWith(responseCache(kit, { etag: false }), (a) => a.get(p, h.route))
-    const stored = nextStore()
+    const stored = nextStore(kit)
     await request(app).get(p)
     await stored
     return { app, h }
@@ -295,7 +283,7 @@ describe('request Cache-Control', () => {
     const miss = await request(app).get(p).set('Cache-Control', 'only-if-cached')
     expect(miss.status).toBe(504)
     expect(h.calls()).toBe(0)
-    const stored = nextStore()
+    const stored = nextStore(kit)
     await request(app).get(p)
     await stored
     const hit = await request(app).get(p).set('Cache-Control', 'only-if-cached')
@@ -344,7 +332,7 @@ describe('Authorization', () => {
     const p = path('auth')
     const h = counted((_req, res, calls) => res.send(`v${calls}`))
     const app = appWith(responseCache(kit), (a) => a.get(p, h.route))
-    const stored = nextStore()
+    const stored = nextStore(kit)
     await request(app).get(p)
     await stored
     const authed = await request(app).get(p).set('Authorization', 'Bearer x')
@@ -357,7 +345,7 @@ describe('Authorization', () => {
       res.send(`v${calls}`)
     })
     const app2 = appWith(responseCache(kit), (a) => a.get(p2, pub.route))
-    const stored2 = nextStore()
+    const stored2 = nextStore(kit)
     await request(app2).get(p2).set('Authorization', 'Bearer x')
     await stored2
     const hit = await request(app2).get(p2).set('Authorization', 'Bearer y')
@@ -385,7 +373,7 @@ describe('validators', () => {
       a.set('etag', false)
       a.get(p, h.route)
     })
-    const stored = nextStore()
+    const stored = nextStore(kit)
     const first = await request(app).get(p)
     await stored
     const etag = first.headers.etag as string
@@ -413,7 +401,7 @@ describe('validators', () => {
       a.set('etag', false)
       a.get(p, h.route)
     })
-    const stored = nextStore()
+    const stored = nextStore(kit)
     await request(app).get(p)
     await stored
     expect((await request(app).get(p).set('If-Modified-Since', new Date().toUTCString())).status).toBe(304)
@@ -438,11 +426,11 @@ describe('validators', () => {
         res.send('body v1')
       })
     })
-    const stored = nextStore()
+    const stored = nextStore(kit)
     await request(app).get(p)
     await stored
     await sleep(1100)
-    const refreshed = nextStore()
+    const refreshed = nextStore(kit)
     const res = await request(app).get(p)
     expect(res.status).toBe(200)
     expect(res.text).toBe('body v1')
@@ -473,7 +461,7 @@ describe('response no-cache', () => {
         res.send('validated body')
       }),
     )
-    const stored = nextStore()
+    const stored = nextStore(kit)
     await request(app).get(p)
     await stored
     for (let i = 0; i < 3; i++) {
@@ -494,10 +482,10 @@ describe('invalidation', () => {
       a.post(p, (_req, res) => res.location(other).status(201).send('created'))
       a.post(`${p}/fail`, (_req, res) => res.status(500).send('no'))
     })
-    let stored = nextStore()
+    let stored = nextStore(kit)
     await request(app).get(p)
     await stored
-    stored = nextStore()
+    stored = nextStore(kit)
     await request(app).get(other)
     await stored
     expect(h.calls()).toBe(2)
@@ -555,11 +543,11 @@ describe('invalidation', () => {
     })
     const cache = responseCache(kit, { tags: (req) => [`path:${req.path}`] })
     const app = appWith(cache, (a) => a.get([p1, p2], h.route))
-    let stored = nextStore()
+    let stored = nextStore(kit)
     const first = await request(app).get(p1)
     expect(first.headers['surrogate-key']).toBeUndefined()
     await stored
-    stored = nextStore()
+    stored = nextStore(kit)
     const second = await request(app).get(p2)
     expect(second.headers['cache-tag']).toBeUndefined()
     await stored
@@ -599,7 +587,7 @@ describe('invalidation', () => {
     const app = appWith(responseCache(kit, { query: { sort: true, exclude: ['utm_source'] } }), (a) =>
       a.get(p, h.route),
     )
-    const stored = nextStore()
+    const stored = nextStore(kit)
     await request(app).get(`${p}?a=1&b=2`)
     await stored
     expect((await request(app).get(`${p}?b=2&a=1&utm_source=x`)).headers['x-cache']).toBe('HIT')
@@ -607,7 +595,7 @@ describe('invalidation', () => {
 
     const p2 = path('custom')
     const app2 = appWith(responseCache(kit, { key: (req) => req.path }), (a) => a.get(p2, h.route))
-    const stored2 = nextStore()
+    const stored2 = nextStore(kit)
     await request(app2).get(`${p2}?x=1`)
     await stored2
     expect((await request(app2).get(`${p2}?x=2`)).headers['x-cache']).toBe('HIT')
@@ -624,7 +612,7 @@ describe('events', () => {
       }),
     )
     const app = appWith(responseCache(kit), (a) => a.get(p, (_q, r) => r.send('e')))
-    const stored = nextStore()
+    const stored = nextStore(kit)
     await request(app).get(p)
     await stored
     await request(app).get(p)

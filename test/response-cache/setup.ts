@@ -1,3 +1,5 @@
+import type { Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import express, { type Express, type RequestHandler } from 'express'
 import { createRedkit, type Redkit } from '../../src/index.js'
 
@@ -23,4 +25,25 @@ export async function eventually(check: () => boolean | Promise<boolean>, ms = 3
     if (Date.now() > deadline) throw new Error('condition not met in time')
     await sleep(20)
   }
+}
+
+/** Resolves with the key of the `count`th store on `kit` from now. */
+export function nextStore(kit: Redkit, count = 1): Promise<string> {
+  let left = count
+  return new Promise((resolve) => {
+    const off = kit.on('cache:store', (e) => {
+      if (--left > 0) return
+      off()
+      resolve(e.key)
+    })
+  })
+}
+
+/** Serves `app` on a free loopback port (for requests that must go over a real socket). */
+export function listen(app: Express): Promise<{ server: Server; url: string }> {
+  return new Promise((resolve) => {
+    const server = app.listen(0, '127.0.0.1', () => {
+      resolve({ server, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` })
+    })
+  })
 }

@@ -1,12 +1,10 @@
-import type { Server } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import type { Express, RequestHandler } from 'express'
 import request from 'supertest'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type ResponseCacheMiddleware, responseCache } from '../../middleware/response-cache.js'
 import type { Redkit } from '../../src/index.js'
 import { type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/index.js'
-import { appWith, eventually, makeKit, sleep } from './setup.js'
+import { appWith, eventually, listen, makeKit, nextStore, sleep } from './setup.js'
 
 let redis: StandaloneRedis
 let kitA: Redkit
@@ -26,18 +24,6 @@ afterAll(async () => {
   await kitB.close()
   await redis.stop()
 })
-
-/** Resolves with the key of the `count`th store from now. */
-function nextStore(k: Redkit, count = 1): Promise<string> {
-  let left = count
-  return new Promise((resolve) => {
-    const off = k.on('cache:store', (e) => {
-      if (--left > 0) return
-      off()
-      resolve(e.key)
-    })
-  })
-}
 
 /** An app whose handler at `p`, behind `cache`, answers `v<n>` on its nth call with `cacheControl(n)`. */
 function countingApp(cache: RequestHandler, p: string, cacheControl: (n: number) => string) {
@@ -80,14 +66,6 @@ function writeOn(event: 'cache:miss' | 'cache:stale', entry: Stored): void {
     if (e.key !== entry.key) return
     off()
     void kitA.redis.set(entry.rkey, entry.bytes)
-  })
-}
-
-async function listen(app: Express): Promise<{ server: Server; url: string }> {
-  return new Promise((resolve) => {
-    const server = app.listen(0, '127.0.0.1', () => {
-      resolve({ server, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` })
-    })
   })
 }
 

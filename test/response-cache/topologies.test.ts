@@ -10,7 +10,7 @@ import {
   startRedis,
   uniquePrefix,
 } from '../helpers/index.js'
-import { appWith, sleep } from './setup.js'
+import { appWith, nextStore, sleep } from './setup.js'
 
 let cluster: RedisClusterGroup
 let redis: StandaloneRedis
@@ -33,17 +33,6 @@ afterAll(async () => {
   await cluster?.stop()
   await redis?.stop()
 })
-
-function nextStore(k: Redkit, count = 1): Promise<void> {
-  let left = count
-  return new Promise((resolve) => {
-    const off = k.on('cache:store', () => {
-      if (--left > 0) return
-      off()
-      resolve()
-    })
-  })
-}
 
 describe('Redis Cluster', () => {
   it('caches, selects Vary variants, purges and takes leases across slots', async () => {
