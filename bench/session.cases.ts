@@ -1,7 +1,8 @@
 /**
  * HTTP cases of the session bench, built in the pinned server process by bench/lib/serve.ts.
- * Every request carries the signed cookie of one stored session (a logged-in user); the handler
- * reads it without changing it, so express-session loads the session and then touches it.
+ * Every request carries the signed cookie of one stored session (a logged-in user). On `/` the
+ * handler reads it without changing it, so express-session loads the session and then touches
+ * it; on `/write` it changes one field, so the session is saved.
  */
 import { createHmac } from 'node:crypto'
 import RedisStore from 'connect-redis'
@@ -82,6 +83,14 @@ function appWith(middleware: RequestHandler | null, counts: Counts) {
     counts.handled++
     const data = req.session as unknown as { userId?: string; views?: number } | undefined
     if (data?.userId === 'bench-user') counts.withSession++
+    res.json({ ...BODY, user: data?.userId, views: data?.views })
+  })
+  // Changes one field of the session, so express-session saves it instead of touching it.
+  app.get('/write', (req, res) => {
+    counts.handled++
+    const data = req.session as unknown as { userId?: string; views?: number } | undefined
+    if (data?.userId === 'bench-user') counts.withSession++
+    if (data) data.views = (data.views ?? 0) + 1
     res.json({ ...BODY, user: data?.userId, views: data?.views })
   })
   return app
