@@ -57,7 +57,9 @@ export class InvalidationLog {
   remember(rkey: string, tags: readonly string[], versions: readonly number[]): void {
     const now = Date.now()
     const oldest = this.#recent[0]
-    if (this.#recent.length >= MAX_RECENT || (oldest && oldest.at < now - RECENT_MS)) {
+    // Pruned in batches, once the oldest is half a window past due: pruning whenever it was just
+    // due would filter the whole list on nearly every write of a steady stream.
+    if (this.#recent.length >= MAX_RECENT || (oldest && oldest.at < now - RECENT_MS * 1.5)) {
       this.#recent = this.#recent.filter((w) => w.at >= now - RECENT_MS).slice(-MAX_RECENT / 2)
     }
     this.#recent.push({ rkey, tags, versions, at: now })
