@@ -14,6 +14,8 @@ export type RedisClient = Redis | Cluster
 interface InFlight {
   started: number
   reject: (error: unknown) => void
+  /** Sent if the call fails for want of an answer (see {@link ConnectionHub.exec}). */
+  undo: ((client: RedisClient) => Promise<unknown>) | undefined
 }
 
 /** A pub/sub message handler. `message` is the raw payload. */
@@ -123,10 +125,21 @@ export class ConnectionHub {
    * Runs one Redis operation for a module: refused at once while the circuit is open, and any
    * connection failure comes back as `ConnectionError` (reply errors pass through unchanged).
    *
+   * `undo` is for an operation that claims something (a lease, a lock): a call given up on for want
+   * of an answer (the command timeout, a lost connection) is not the same as one that did not run,
+   * since a stalled server still runs it when it resumes, for a claimant that has gone. Then `undo`
+   * is sent on the same connection, right behind it: not refused by an open circuit (which that
+   * very timeout may have opened), not counted by it, never rejecting. A call refused before it was
+   * sent, or answered (even with an error), has nothing to undo.
+   *
    * @example
    * const value = await hub.exec((redis) => redis.get(key))
+   * await hub.exec((redis) => redis.set(lease, token, 'PX', 30_000, 'NX'), (redis) => redis.del(lease))
    */
-  exec<T>(operation: (client: RedisClient) => Promise<T>): Promise<T> {
+  exec<T>(
+    operation: (client: RedisClient) => Promise<T>,
+    undo?: (client: RedisClient) => Promise<unknown>,
+  ): Promise<T> {
     // Close hooks (final flushes) still run their commands; everything after them is refused.
     if (this.#ended) return Promise.reject(new ConnectionError('The redkit kit is closed; create a new one.'))
     const breaker = this.#breaker
@@ -142,7 +155,7 @@ export class ConnectionHub {
     // (untimed) behind one still in flight on a socket that just died. One sweeping timer per hub
     // enforces it, so a command costs no timer of its own.
     return new Promise<T>((resolve, reject) => {
-      const call: InFlight = { started: performance.now(), reject }
+      const call: InFlight = { started: performance.now(), reject, undo }
       this.#inflight.add(call)
       this.#sweeper ??= setInterval(this.#sweep, this.#sweepEveryMs).unref()
       let promise: Promise<T>
@@ -163,27 +176,20 @@ export class ConnectionHub {
         (error: unknown) => {
           if (!this.#inflight.delete(call)) return
           this.#settled(call, false)
+          if (undo && isConnectionError(error)) this.#undo(undo)
           reject(this.#failure(error))
         },
       )
     })
   }
 
-  /**
-   * Sends a command that undoes one the kit gave up on (a claim or grant that timed out, which a
-   * stalled server may still run): on the same connection it follows the command it undoes. Not
-   * refused by an open circuit, which that very timeout may have opened, and not counted by it.
-   * Never rejects: when it fails, so did the connection the undone command was waiting on.
-   *
-   * @example
-   * hub.undo((redis) => redis.del(claimKey))
-   */
-  undo(operation: (client: RedisClient) => Promise<unknown>): void {
+  /** Sends `undo` (see {@link exec}); never rejects, and never for a closed kit. */
+  #undo(undo: (client: RedisClient) => Promise<unknown>): void {
     if (this.#ended) return
     try {
-      operation(this.client).catch(() => undefined)
+      undo(this.client).catch(() => undefined)
     } catch {
-      // bad arguments: nothing was sent, so nothing waits to be undone
+      // bad arguments: nothing was sent
     }
   }
 
@@ -194,6 +200,7 @@ export class ConnectionHub {
       if (call.started > expired) break
       this.#inflight.delete(call)
       this.#settled(call, false)
+      if (call.undo) this.#undo(call.undo)
       call.reject(this.#failure(new Error('Command timed out')))
     }
     if (this.#inflight.size === 0 && this.#sweeper) {

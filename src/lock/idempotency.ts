@@ -59,14 +59,12 @@ export class IdempotencyStore {
     const token = randomUUID()
     const record = this.key(scope, key)
     const claim = `p|${fingerprint}|${token}`
-    const reply = await this.#kit.hub
-      .exec((redis) => CLAIM.run(redis, [record], [claim, leaseMs]))
-      .catch((error: unknown) => {
-        // Given up on (timed out) is not the same as not run: on a stalled server the claim may
-        // still land later, and the client's retry would then find its own key busy for a lease.
-        this.#kit.hub.undo((redis) => DELETE_IF.eval(redis, [record], [claim]))
-        throw error
-      })
+    const reply = await this.#kit.hub.exec(
+      (redis) => CLAIM.run(redis, [record], [claim, leaseMs]),
+      // On a stalled server a claim given up on may still land later, and the client's retry
+      // would then find its own key busy for a whole lease: dropped right behind it.
+      (redis) => DELETE_IF.eval(redis, [record], [claim]),
+    )
     if (reply === 'claimed') return { kind: 'run', token }
     const [value, leftMs] = reply as [string, number]
     const state = value.slice(0, 2)

@@ -6,7 +6,7 @@ import type { Redkit } from '../kit.js'
 import { type Duration, parseDuration } from '../util/duration.js'
 import { KeepAlive } from './keep-alive.js'
 import { Lock } from './lock.js'
-import { kitNode, type LockNode, poll, serverNode } from './nodes.js'
+import { kitNode, type LockNode, poll, serverNode, type Undo } from './nodes.js'
 import { runOnce } from './once.js'
 import {
   type AcquireOptions,
@@ -392,11 +392,8 @@ export class Locks {
       const node = this.#nodes[0] as LockNode
       let reply: unknown
       try {
-        reply = await node.run(ACQUIRE, plan.keys, args)
+        reply = await node.run(ACQUIRE, plan.keys, args, this.#release(plan, token))
       } catch (error) {
-        // Given up on (timed out) is not the same as not run: a stalled server may still grant it
-        // later, to a token nobody holds. The release queues behind it on the same connection.
-        this.#undo(plan, token)
         return { kind: 'unavailable', cause: error }
       }
       if (typeof reply === 'number') return { kind: 'busy', leftMs: reply }
@@ -408,8 +405,9 @@ export class Locks {
       return { kind: 'granted', lock: this.#lock(plan, token, toFences(reply, plan.n), ttlMs, expiresAt) }
     }
 
+    const release = this.#release(plan, token)
     const votes = await poll<number[]>(this.#nodes, this.#quorum, async (node) => {
-      const reply = await node.run(ACQUIRE, plan.keys, args)
+      const reply = await node.run(ACQUIRE, plan.keys, args, release)
       return typeof reply === 'number'
         ? { granted: false, leftMs: reply }
         : { granted: true, value: toFences(reply, plan.n) }
@@ -448,7 +446,15 @@ export class Locks {
   /** Undoes a failed round everywhere (partial grants would otherwise block until they expire). */
   #undo(plan: Plan, token: string): void {
     const lockKeys = plan.keys.slice(0, plan.n)
-    for (const node of this.#nodes) node.undo(RELEASE, lockKeys, [token])
+    for (const node of this.#nodes) node.run(RELEASE, lockKeys, [token]).catch(() => undefined)
+  }
+
+  /**
+   * What undoes an acquisition given up on for want of an answer: a stalled server still grants
+   * it when it resumes, to a token nobody holds (every retry would find it busy until it lapsed).
+   */
+  #release(plan: Plan, token: string): Undo {
+    return { script: RELEASE, keys: plan.keys.slice(0, plan.n), args: [token] }
   }
 
   #lock(plan: Plan, token: string, fences: number[], ttlMs: number, expiresAt: number): Lock {

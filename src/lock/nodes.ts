@@ -9,10 +9,25 @@ import type { LuaScript } from '../util/script.js'
 export interface LockNode {
   /** For messages: `kit` or `host:port`. */
   readonly label: string
-  run(script: LuaScript, keys: readonly string[], args: ReadonlyArray<string | number>): Promise<unknown>
-  /** Runs `script` to undo a command given up on; never rejects (see `ConnectionHub.undo`). */
-  undo(script: LuaScript, keys: readonly string[], args: ReadonlyArray<string | number>): void
+  /**
+   * Runs `script`; with `undo`, a call given up on for want of an answer is followed on the same
+   * connection by `undo` (see `ConnectionHub.exec`), sent as a plain EVAL so that it does not
+   * depend on the server knowing the script.
+   */
+  run(
+    script: LuaScript,
+    keys: readonly string[],
+    args: ReadonlyArray<string | number>,
+    undo?: Undo,
+  ): Promise<unknown>
   close(): Promise<void>
+}
+
+/** A script that undoes a claim given up on (see {@link LockNode.run}). */
+export interface Undo {
+  script: LuaScript
+  keys: readonly string[]
+  args: ReadonlyArray<string | number>
 }
 
 /** The kit's own connection (standalone, Sentinel or Cluster), through `hub.exec`. */
@@ -20,8 +35,11 @@ export function kitNode(kit: Redkit): LockNode {
   const hub = kit.hub
   return {
     label: 'kit',
-    run: (script, keys, args) => hub.exec((redis) => script.run(redis, keys, args)),
-    undo: (script, keys, args) => hub.undo((redis) => script.eval(redis, keys, args)),
+    run: (script, keys, args, undo) =>
+      hub.exec(
+        (redis) => script.run(redis, keys, args),
+        undo && ((redis) => undo.script.eval(redis, undo.keys, undo.args)),
+      ),
     close: async () => undefined,
   }
 }
@@ -55,13 +73,16 @@ export function serverNode(server: LockServer, commandTimeoutMs: number, maxRetr
   })
   return {
     label,
-    run: async (script, keys, args) => {
+    run: async (script, keys, args, undo) => {
       if (connected && client.status !== 'ready') {
         throw new ConnectionError(`Lock server ${label} is not connected (${client.status}).`)
       }
       try {
         return await withTimeout(script.run(client, keys, args), commandTimeoutMs)
       } catch (error) {
+        if (undo && isConnectionError(error)) {
+          withTimeout(undo.script.eval(client, undo.keys, undo.args), commandTimeoutMs).catch(() => undefined)
+        }
         if (isConnectionError(error) && !(error instanceof ConnectionError)) {
           throw new ConnectionError(`Lock server ${label} did not answer: ${(error as Error).message}.`, {
             cause: error,
@@ -69,9 +90,6 @@ export function serverNode(server: LockServer, commandTimeoutMs: number, maxRetr
         }
         throw error
       }
-    },
-    undo: (script, keys, args) => {
-      withTimeout(script.eval(client, keys, args), commandTimeoutMs).catch(() => undefined)
     },
     close: async () => {
       if (!owned) return

@@ -39,10 +39,12 @@ export async function runOnce<T>(
     attempts++
     let reply: unknown
     try {
-      reply = await hub.exec((redis) => CLAIM.run(redis, [recordKey], [mine, options.leaseMs]))
+      reply = await hub.exec(
+        (redis) => CLAIM.run(redis, [recordKey], [mine, options.leaseMs]),
+        // A claim given up on may still run on a stalled server: dropped right behind it.
+        (redis) => DELETE_IF.eval(redis, [recordKey], [mine]),
+      )
     } catch (error) {
-      // A claim given up on (timed out) may still run on a stalled server: drop it if it does.
-      hub.undo((redis) => DELETE_IF.eval(redis, [recordKey], [mine]))
       throw new LockUnavailableError(
         `Cannot run once(${key}): Redis unavailable: ${(error as Error).message}`,
         {

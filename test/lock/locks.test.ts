@@ -307,6 +307,37 @@ describe('a server that stalls past the command timeout', () => {
       await local.stop()
     }
   })
+
+  it('sends an undo only for an acquisition that went out, not for one the open circuit refused', async () => {
+    const local = await startRedis()
+    const kit = createRedkit({ redis: local.url, prefix, configFile: false, env: {}, commandTimeout: 200 })
+    try {
+      await (await kit.locks.acquire('warm-up')).release()
+      const evals = async () =>
+        Number(/cmdstat_eval:calls=(\d+)/.exec(await kit.redis.info('commandstats'))?.[1] ?? 0)
+      const before = await evals()
+      local.server.pause()
+      // Five acquisitions go out and time out: the circuit opens (threshold 5), each one is undone.
+      const sent = await Promise.all(
+        Array.from({ length: 5 }, (_, i) => kit.locks.tryAcquire(`sent-${i}`).catch((e: unknown) => e)),
+      )
+      // These are refused before anything is sent: nothing to undo.
+      const refused = await Promise.all(
+        Array.from({ length: 5 }, (_, i) => kit.locks.tryAcquire(`refused-${i}`).catch((e: unknown) => e)),
+      )
+      for (const error of [...sent, ...refused]) expect(error).toBeInstanceOf(LockUnavailableError)
+      local.server.resume()
+      await kit.redis.ping()
+      expect((await evals()) - before).toBe(5)
+      expect(await kit.redis.keys(`${prefix}:lock:*`)).not.toContainEqual(
+        expect.stringMatching(/sent-\d}:sent-\d$/),
+      )
+    } finally {
+      local.server.resume()
+      await kit.close()
+      await local.stop()
+    }
+  })
 })
 
 describe('mutual exclusion across kits', () => {
