@@ -16,12 +16,25 @@ export function endAfter(
   before: Promise<unknown>,
   connection: string,
 ): void {
-  void before.then(() => {
-    try {
-      ;(end as (...a: unknown[]) => Response).apply(res, args)
-    } catch (error) {
-      kit.events.emit('error', { error: error as Error, connection })
-      res.destroy(error as Error)
-    }
-  })
+  void before.then(() => endNow(kit, res, end, args, connection))
+}
+
+/**
+ * Calls the response's real `end` with `args` from a callback (a save that settled), where what it
+ * throws would otherwise become an unhandled rejection or exception: reported as an `error` event,
+ * with the connection dropped so that the request does not hang.
+ */
+export function endNow(
+  kit: Redkit,
+  res: Response,
+  end: Response['end'],
+  args: unknown[],
+  connection: string,
+): void {
+  try {
+    ;(end as (...a: unknown[]) => Response).apply(res, args)
+  } catch (error) {
+    kit.events.emit('error', { error: error as Error, connection })
+    res.destroy(error as Error)
+  }
 }

@@ -14,6 +14,7 @@ import {
   SessionRepository as Repository,
   resolveSessionsOptions,
 } from '../src/session/index.js'
+import { endNow } from './end-after.js'
 import { sendProblem, sendUnavailable } from './problem.js'
 
 type Callback<T = void> = (error: unknown, value?: T) => void
@@ -672,7 +673,7 @@ export function session(kit: Redkit, options: SessionOptions): RequestHandler {
       current.touch()
       current.save((error?: unknown) => {
         if (!error) {
-          ;(end as (...a: unknown[]) => Response).apply(res, args)
+          endNow(kit, res, end, args, 'session')
           return
         }
         // Without a session, express-session neither sets a cookie nor saves at the end.

@@ -1,4 +1,6 @@
 import { createHmac } from 'node:crypto'
+import type { AddressInfo } from 'node:net'
+import express from 'express'
 import expressSession from 'express-session'
 import request from 'supertest'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -266,6 +268,46 @@ describe('session() middleware: the express-session contract over HTTP', () => {
     expect(() => session(kit, { secret: [] })).toThrow(ConfigError)
     expect(() => session(kit, { secret: SECRET, onConflict: 'maybe' as never })).toThrow(/onConflict/)
     expect(() => new RedisSessionStore({ kit, ttl: 'soon' })).toThrow(ConfigError)
+  })
+})
+
+describe('session() middleware: a response that cannot be ended', () => {
+  it('drops the connection and reports the error, with no unhandled rejection, when end throws after the save', async () => {
+    const rejections: unknown[] = []
+    const onRejection = (reason: unknown) => rejections.push(reason)
+    process.on('unhandledRejection', onRejection)
+    const errors: Array<{ error: Error; connection: string }> = []
+    const off = kit.on('error', (p) => errors.push(p))
+    const app = express()
+    app.use(session(kit, { secret: SECRET }))
+    app.get('/bad', (req, res) => {
+      req.session.views = 1
+      // Node refuses it when the head is written, inside the end() that runs after the save.
+      res.statusCode = 1000
+      res.end('x')
+    })
+    const server = app.listen(0, '127.0.0.1')
+    await new Promise((r) => server.once('listening', r))
+    try {
+      const { port } = server.address() as AddressInfo
+      const answer = await Promise.race([
+        fetch(`http://127.0.0.1:${port}/bad`).then(
+          (r) => r.status,
+          () => 'reset',
+        ),
+        sleep(2000).then(() => 'hung'),
+      ])
+      expect(answer).toBe('reset')
+      expect(errors.map((e) => [e.connection, (e.error as NodeJS.ErrnoException).code])).toEqual([
+        ['session', 'ERR_HTTP_INVALID_STATUS_CODE'],
+      ])
+      expect(rejections).toEqual([])
+    } finally {
+      off()
+      process.off('unhandledRejection', onRejection)
+      server.closeAllConnections()
+      await new Promise((r) => server.close(r))
+    }
   })
 })
 
