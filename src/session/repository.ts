@@ -65,8 +65,9 @@ export interface WritePlan {
    * Largest size in bytes of the session's data fields once this write is merged into what is
    * stored (names and values); over it the write is refused with `SessionTooLargeError` and
    * nothing is written.
+   * @default 0 (no limit)
    */
-  maxSize: number
+  maxSize?: number
 }
 
 /** Outcome of a write. */
@@ -243,7 +244,7 @@ export class SessionRepository {
       newIndex,
       oldIndex,
       plan.set.length,
-      plan.maxSize,
+      plan.maxSize ?? 0,
     ]
     for (const [name, value] of plan.set) args.push(DATA_PREFIX + name, value)
     if (plan.accessTtlMs !== undefined) {
@@ -252,7 +253,7 @@ export class SessionRepository {
     }
     for (const name of plan.remove) args.push(DATA_PREFIX + name)
     const reply = (await this.#kit.hub.exec((redis) => WRITE.run(redis, keys, args))) as unknown[]
-    if (reply[0] === 'too large') throw new SessionTooLargeError(Number(reply[1]), plan.maxSize)
+    if (reply[0] === 'too large') throw new SessionTooLargeError(Number(reply[1]), plan.maxSize ?? 0)
     const result: WriteResult = {
       status: reply[0] as WriteResult['status'],
       version: String(reply[1]),

@@ -59,7 +59,7 @@ if mode ~= 'n' then
 end
 local n = tonumber(ARGV[9])
 local first = 11
-local limit = tonumber(ARGV[10])
+local limit = tonumber(ARGV[10]) or 0
 if limit > 0 then
   local sizes = {}
   local total = 0

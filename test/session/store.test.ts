@@ -618,6 +618,24 @@ describe('kit.sessions', () => {
     expect(await kit.sessions.touch(id)).toBe(false)
   })
 
+  it('repository.write without maxSize writes with no size limit', async () => {
+    const repository = kit.sessions.repository
+    const id = repository.mintId('nolimit')
+    const big = JSON.stringify('x'.repeat(100_000))
+    const result = await repository.write(id, {
+      set: [['big', big]],
+      remove: [],
+      ttlMs: 60_000,
+      userId: 'nolimit',
+      previousUserId: undefined,
+      mode: 'new',
+      expectedVersion: '',
+    })
+    expect(result.status).toBe('ok')
+    expect((await kit.sessions.get(id))!.data.big).toHaveLength(100_000)
+    await kit.sessions.destroy(id)
+  })
+
   it('touch is one round trip that reads no data; it moves the index entry only when the new expiry passes it', async () => {
     const id = await kit.sessions.create('yann', { big: 'x'.repeat(10_000) }, { ttl: '10m' })
     const score = async () => Number(await kit.redis.zscore(kit.sessions.repository.indexKey('yann'), id))
