@@ -1,9 +1,11 @@
 import express from 'express'
+import type { Cluster } from 'ioredis'
 import request from 'supertest'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { rateLimit } from '../../middleware/index.js'
 import { createRedkit, type Redkit } from '../../src/index.js'
 import { type RedisClusterGroup, startCluster, uniquePrefix } from '../helpers/index.js'
+import { deleteAndPublishOrder } from './sent.js'
 
 let cluster: RedisClusterGroup
 const kits: Redkit[] = []
@@ -56,7 +58,7 @@ describe('rate limiter on Redis Cluster', () => {
       Array.from({ length: 60 }, (_, i) => k.rateLimits.consume(`client-${i}`, options)),
     )
     expect(results.every((r) => r.allowed)).toBe(true)
-    const masters = (k.redis as import('ioredis').Cluster).nodes('master')
+    const masters = (k.redis as Cluster).nodes('master')
     const perNode = await Promise.all(masters.map((node) => node.keys(`${prefix}:ratelimit:{spread/*`)))
     expect(perNode.filter((keys) => keys.length > 0).length).toBeGreaterThan(1)
     expect(perNode.flat()).toHaveLength(60)
@@ -68,6 +70,15 @@ describe('rate limiter on Redis Cluster', () => {
     })
     await k.rateLimits.reset('client-0', options)
     expect((await kit().rateLimits.consume('client-0', options)).allowed).toBe(true)
+  })
+
+  it('publishes a reset only once its DEL is answered, since the two go to different nodes', async () => {
+    const k = kit()
+    const options = { name: 'reset-order', limits: [{ points: 1, duration: '1m' }] }
+    await k.rateLimits.consume('o', options)
+    const order = await deleteAndPublishOrder(k.redis as Cluster, () => k.rateLimits.reset('o', options))
+    expect(order).toEqual(['DEL sent', 'DEL answered', 'PUBLISH sent'])
+    expect((await k.rateLimits.consume('o', options)).allowed).toBe(true)
   })
 
   it('serves the middleware with headers through the Cluster', async () => {

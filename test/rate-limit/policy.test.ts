@@ -10,6 +10,7 @@ import {
 } from '../../src/index.js'
 import { type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/index.js'
 import { listenForResets } from './listening.js'
+import { deleteAndPublishOrder } from './sent.js'
 
 let redis: StandaloneRedis
 const kits: Redkit[] = []
@@ -229,6 +230,40 @@ describe('kit.rateLimits on a standalone server', () => {
     while ((await b.rateLimits.get('k', options)).source === 'block-cache' && Date.now() < deadline)
       await new Promise((r) => setTimeout(r, 10))
     expect(await b.rateLimits.consume('k', options)).toMatchObject({ allowed: true, source: 'redis' })
+  })
+
+  it('sends the PUBLISH of a reset with its DEL, before the DEL is answered: one round trip', async () => {
+    const k = kit()
+    const options = { name: 'reset-trip', limits: [{ points: 1, duration: '1m' }], blockDuration: '1m' }
+    await k.rateLimits.consume('t', options)
+    expect((await k.rateLimits.consume('t', options)).blocked).toBe(true)
+    const order = await deleteAndPublishOrder(k.redis as Redis, () => k.rateLimits.reset('t', options))
+    expect(order).toEqual(['DEL sent', 'PUBLISH sent', 'DEL answered'])
+    expect(await k.rateLimits.consume('t', options)).toMatchObject({ allowed: true, source: 'redis' })
+  })
+
+  it('resets all the same when its PUBLISH is refused, and reports that as an error event', async () => {
+    const admin = kit()
+    await admin.redis.acl('SETUSER', 'no-publish', 'on', '>secret', '~*', '&*', '+@all', '-publish')
+    const url = new URL(redis.url)
+    url.username = 'no-publish'
+    url.password = 'secret'
+    const limited = createRedkit({ redis: url.href, prefix, configFile: false, env: {} })
+    kits.push(limited)
+    const errors: Array<{ error: Error; connection?: string }> = []
+    limited.on('error', (e) => errors.push(e))
+    const options = {
+      name: 'reset-unpublished',
+      limits: [{ points: 1, duration: '1m' }],
+      blockDuration: '1m',
+    }
+    await limited.rateLimits.consume('u', options)
+    expect((await limited.rateLimits.consume('u', options)).blocked).toBe(true)
+    await limited.rateLimits.reset('u', options)
+    expect(errors).toHaveLength(1)
+    expect(errors[0]?.error.message).toMatch(/NOPERM/)
+    expect(errors[0]?.connection).toBe('ratelimit-bus')
+    expect(await limited.rateLimits.consume('u', options)).toMatchObject({ allowed: true, source: 'redis' })
   })
 
   it('keeps a block by hand until the window it falls in ends, so no fresh window comes early', async () => {
