@@ -88,11 +88,6 @@ export class RateLimitPolicy {
     forget: (id) => this.#forget(id),
     forgetBlocks: () => this.#forgetBlocks(),
   }
-  /**
-   * Bumped by every reset that reaches this policy: a check sent before it must not remember the
-   * block its answer reports, which the reset may have lifted since.
-   */
-  #resetEpoch = 0
 
   constructor(kit: Redkit, resolved: ResolvedPolicy, resets: PolicyResets) {
     this.#kit = kit
@@ -130,7 +125,7 @@ export class RateLimitPolicy {
     if (blockedFor > 0) {
       result = this.#blockedResult(blockedFor, 'block-cache')
     } else {
-      const epoch = this.#resetEpoch
+      const since = this.#resets.tick
       const keys = this.#redisKeys(id)
       const args = cost === 1 ? this.#argsCost1 : [cost, ...this.#argsAfterCost]
       let reply: number[] | undefined
@@ -143,9 +138,9 @@ export class RateLimitPolicy {
       }
       if (reply) {
         result = this.#parse(reply, cost)
-        if (result.blocked) this.#rememberBlock(id, result.retryAfterMs, epoch)
+        if (result.blocked) this.#rememberBlock(id, result.retryAfterMs, since)
       } else {
-        result = await this.#fallback(id, cost, epoch)
+        result = await this.#fallback(id, cost, since)
       }
     }
     const events = this.#kit.events
@@ -226,16 +221,16 @@ export class RateLimitPolicy {
   async block(key: string | number, durationMs: number): Promise<void> {
     const id = normalizeKey(key)
     if (durationMs <= 0) return
-    const epoch = this.#resetEpoch
+    const since = this.#resets.tick
     // Remembered first: this instance keeps the block even if Redis cannot take it now.
-    this.#rememberBlock(id, durationMs, epoch)
+    this.#rememberBlock(id, durationMs, since)
     const index = this.#shortest
     const counter = this.#redisKeys(id)[index]!
     const points = this.limits[index]!.points
     const ms = await this.#kit.hub.exec((redis) =>
       BLOCK.run(redis, [counter], [points + 1, Math.ceil(durationMs), this.blockReplacesWindow ? 1 : 0]),
     )
-    this.#rememberBlock(id, Number(ms), epoch)
+    this.#rememberBlock(id, Number(ms), since)
   }
 
   /** Gives `cost` points back to every limit of `key` (never below zero; windows unchanged). */
@@ -299,23 +294,21 @@ export class RateLimitPolicy {
     return 0
   }
 
-  /** Remembers a block of `id`, unless a reset reached this policy since `epoch` was read. */
-  #rememberBlock(id: string, ms: number, epoch: number): void {
-    if (epoch !== this.#resetEpoch) return
+  /** Remembers a block of `id`, unless `id` was reset after the check that read `since` was sent. */
+  #rememberBlock(id: string, ms: number, since: number): void {
+    if (this.#resets.resetSince(this.name, id, since)) return
     const until = Date.now() + ms
     if ((this.#blocks.get(id) ?? 0) < until) this.#blocks.set(id, until)
     this.#resets.listen()
   }
 
   #forget(id: string): void {
-    this.#resetEpoch++
     this.#blocks.delete(id)
     // The memory store works synchronously: the counts are gone when delete() returns.
     for (const limiter of this.#memory ?? []) void limiter.delete(id)
   }
 
   #forgetBlocks(): void {
-    this.#resetEpoch++
     this.#blocks.clear()
   }
 
@@ -330,8 +323,8 @@ export class RateLimitPolicy {
     }
   }
 
-  #fallback(id: string, cost: number, epoch: number): Promise<RateLimitResult> | RateLimitResult {
-    if (this.onRedisError === 'memory') return this.#memoryConsume(id, cost, epoch)
+  #fallback(id: string, cost: number, since: number): Promise<RateLimitResult> | RateLimitResult {
+    if (this.onRedisError === 'memory') return this.#memoryConsume(id, cost, since)
     const allowed = this.onRedisError === 'open'
     return {
       allowed,
@@ -355,7 +348,7 @@ export class RateLimitPolicy {
    * even a rejected request, so on any rejection every limit gets the cost back (consume from
    * none, as with Redis).
    */
-  async #memoryConsume(id: string, cost: number, epoch: number): Promise<RateLimitResult> {
+  async #memoryConsume(id: string, cost: number, since: number): Promise<RateLimitResult> {
     const limiters = this.#memoryLimiters()
     // Called back to back without awaiting: the memory store updates synchronously, so no other
     // request can interleave between the limits.
@@ -390,7 +383,7 @@ export class RateLimitPolicy {
       }
     }
     if (!allowed && this.blockMs > 0) {
-      this.#rememberBlock(id, this.blockMs, epoch)
+      this.#rememberBlock(id, this.blockMs, since)
       if (this.blockReplacesWindow) {
         // As in Redis: each exceeded limit holds the block for exactly blockMs, then counts afresh.
         for (let i = 0; i < limiters.length; i++) {

@@ -1,5 +1,6 @@
 import { Bus } from '../connection/bus.js'
 import type { Redkit } from '../kit.js'
+import { ResetMarks } from './reset-marks.js'
 
 /** What one policy of this instance remembers of its keys, as a reset reaches it. */
 export interface PolicyMemory {
@@ -26,6 +27,9 @@ interface ResetMessage {
  * An instance listens from the first block it remembers. Whenever its subscription comes up (late,
  * or after its subscriber reconnected), it may have missed resets, so it forgets every block it
  * remembers: each blocked key then costs one Redis call to be remembered again.
+ *
+ * A check answered after a reset of its key may report the block the reset lifted: the marks tell
+ * it so ({@link tick} before the check, {@link resetSince} after), for that key only.
  */
 export class PolicyResets {
   readonly #kit: Redkit
@@ -37,6 +41,7 @@ export class PolicyResets {
     },
   )
   readonly #bus: Bus<ResetMessage>
+  readonly #marks = new ResetMarks()
   #listening = false
 
   constructor(kit: Redkit) {
@@ -75,8 +80,20 @@ export class PolicyResets {
     this.#kit.hub.onClose(() => this.#bus.stop())
   }
 
+  /** What a check of a key reads before it is sent, to ask {@link resetSince} once answered. */
+  get tick(): number {
+    return this.#marks.now
+  }
+
+  /** Whether `id` may have been reset under `name` after a check that read `since` from {@link tick}. */
+  resetSince(name: string, id: string, since: number): boolean {
+    return this.#marks.resetSince(`${name}/${id}`, since)
+  }
+
   /** Forgets `id` in every policy of this instance named `name`. */
   forget(name: string, id: string): void {
+    // A policy name never contains '/'.
+    this.#marks.mark(`${name}/${id}`)
     for (const ref of this.#named.get(name) ?? []) ref.deref()?.forget(id)
   }
 
@@ -86,6 +103,7 @@ export class PolicyResets {
   }
 
   #forgetBlocks(): void {
+    this.#marks.markAll()
     for (const set of this.#named.values()) for (const ref of set) ref.deref()?.forgetBlocks()
   }
 }

@@ -232,6 +232,21 @@ describe('kit.rateLimits on a standalone server', () => {
     expect(await b.rateLimits.consume('k', options)).toMatchObject({ allowed: true, source: 'redis' })
   })
 
+  it("refuses to remember only the reset key's block from a check in flight: other keys' blocks are still remembered", async () => {
+    const k = kit()
+    const options = { name: 'reset-one-key', limits: [{ points: 1, duration: '1m' }], blockDuration: '10m' }
+    // Another instance has 'b' blocked: this one knows it from Redis only.
+    const other = kit()
+    await other.rateLimits.consume('b', options)
+    expect((await other.rateLimits.consume('b', options)).blocked).toBe(true)
+    // With the scripts flushed, the check of 'b' needs more round trips (NOSCRIPT, then EVAL) than
+    // the reset of 'a' sent with it, which is answered first.
+    await k.redis.script('FLUSH')
+    const [check] = await Promise.all([k.rateLimits.consume('b', options), k.rateLimits.reset('a', options)])
+    expect(check).toMatchObject({ allowed: false, blocked: true, source: 'redis' })
+    expect((await k.rateLimits.consume('b', options)).source).toBe('block-cache')
+  })
+
   it('sends the PUBLISH of a reset with its DEL, before the DEL is answered: one round trip', async () => {
     const k = kit()
     const options = { name: 'reset-trip', limits: [{ points: 1, duration: '1m' }], blockDuration: '1m' }

@@ -5,6 +5,7 @@ import { legacyHeaders, rateLimitField, retryAfterSeconds } from '../../src/rate
 import { resolvePolicyOptions } from '../../src/rate-limit/options.js'
 import type { RateLimitResult } from '../../src/rate-limit/policy.js'
 import { normalizeKey } from '../../src/rate-limit/policy.js'
+import { ResetMarks } from '../../src/rate-limit/reset-marks.js'
 import { parseList } from './sf.js'
 
 function result(limits: RateLimitResult['limits'], extra: Partial<RateLimitResult> = {}): RateLimitResult {
@@ -196,5 +197,39 @@ describe('RateLimit header fields (draft-ietf-httpapi-ratelimit-headers-11)', ()
       'X-RateLimit-Remaining': '3',
       'X-RateLimit-Reset': '1700000060',
     })
+  })
+})
+
+describe('reset marks of checks in flight', () => {
+  it('counts a check as reset only when its own key was reset after it was sent', () => {
+    const marks = new ResetMarks()
+    const before = marks.now
+    marks.mark('login/ann')
+    expect(marks.resetSince('login/ann', before)).toBe(true)
+    expect(marks.resetSince('login/bob', before)).toBe(false)
+    // A check sent after the reset reports what the reset left.
+    expect(marks.resetSince('login/ann', marks.now)).toBe(false)
+  })
+
+  it('counts every check sent before a possibly missed reset as reset', () => {
+    const marks = new ResetMarks()
+    const before = marks.now
+    marks.markAll()
+    expect(marks.resetSince('login/bob', before)).toBe(true)
+    expect(marks.resetSince('login/bob', marks.now)).toBe(false)
+  })
+
+  it('keeps a bounded number of marks, and counts checks older than a dropped one as reset', () => {
+    const marks = new ResetMarks(2)
+    const first = marks.now
+    marks.mark('a')
+    const second = marks.now
+    marks.mark('b')
+    marks.mark('c') // drops the mark of 'a'
+    expect(marks.resetSince('a', first)).toBe(true)
+    expect(marks.resetSince('z', first)).toBe(true)
+    expect(marks.resetSince('a', second)).toBe(false)
+    expect(marks.resetSince('b', second)).toBe(true)
+    expect(marks.resetSince('z', second)).toBe(false)
   })
 })
