@@ -33,6 +33,12 @@ interface ResetMessage {
  */
 export class PolicyResets {
   readonly #kit: Redkit
+  /**
+   * Each policy keeps its own memory, reached here by name, rather than one memory per name:
+   * policies of one name share Redis counters only for the limit names they share, so a block one
+   * remembers must not reject another's requests, and while Redis is away each counts in its own
+   * insurance limiter. Held weakly, so a policy nobody uses any more takes its memory with it.
+   */
   readonly #named = new Map<string, Set<WeakRef<PolicyMemory>>>()
   readonly #finalizer = new FinalizationRegistry<{ name: string; ref: WeakRef<PolicyMemory> }>(
     ({ name, ref }) => {

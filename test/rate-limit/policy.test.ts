@@ -247,6 +247,20 @@ describe('kit.rateLimits on a standalone server', () => {
     expect((await k.rateLimits.consume('b', options)).source).toBe('block-cache')
   })
 
+  it('lets a policy of the same name with other limits through a block another one remembers, as Redis does', async () => {
+    const k = kit()
+    const burst = {
+      name: 'two-budgets',
+      limits: [{ name: 'burst', points: 1, duration: '1m' }],
+      blockDuration: '10m',
+    }
+    const daily = { name: 'two-budgets', limits: [{ name: 'daily', points: 100, duration: '1d' }] }
+    await k.rateLimits.consume('d', burst)
+    expect((await k.rateLimits.consume('d', burst)).blocked).toBe(true)
+    expect((await k.rateLimits.consume('d', burst)).source).toBe('block-cache')
+    expect(await k.rateLimits.consume('d', daily)).toMatchObject({ allowed: true, source: 'redis' })
+  })
+
   it('sends the PUBLISH of a reset with its DEL, before the DEL is answered: one round trip', async () => {
     const k = kit()
     const options = { name: 'reset-trip', limits: [{ points: 1, duration: '1m' }], blockDuration: '1m' }
