@@ -155,12 +155,7 @@ class CacheCore {
       kit,
       this.keys.key('#bus'),
       (message) => this.receive(message),
-      () => {
-        this.fills.changedAll()
-        this.tags.forget()
-        this.memory?.clear()
-        this.invalidations.lost()
-      },
+      () => this.lost(),
     )
     void this.bus.start()
     kit.hub.onClose(() => this.bus.stop())
@@ -168,39 +163,84 @@ class CacheCore {
 
   receive(message: BusMessage): void {
     if (message.t === 'keys') {
-      const written = message.k.length === 1 ? message.e : undefined
-      for (const key of message.k) {
-        this.reads.delete(key)
-        this.fills.changed(key, written)
-        this.memory?.delete(key)
-        this.wake(key)
-      }
-      if (message.d === 1) this.invalidations.keys(message.k)
+      if (message.d === 1) this.keysDeleted(message.k)
+      else this.dropKeys(message.k, message.k.length === 1 ? message.e : undefined)
+      for (const key of message.k) this.wake(key)
     } else if (message.t === 'tags') {
-      this.reads.clear()
-      for (const [tag, version] of Object.entries(message.v)) this.tags.learn(tag, version)
-      this.memory?.deleteTagged(new Set(Object.keys(message.v)))
-      this.invalidations.tags(message.v)
+      this.tagsInvalidated(message.v)
     } else if (message.t === 'clear') {
-      this.reads.clear()
-      this.fills.changedAll()
-      this.memory?.deletePrefix(message.p)
-      this.invalidations.prefix(message.p)
+      this.prefixCleared(message.p)
     }
+  }
+
+  // Each kind of news, heard here or over the bus, goes through one of the methods below, so that
+  // shared reads, reads in flight (fills), memory and the invalidation log all learn of it.
+
+  /** Keys were deleted (a purge, here or elsewhere). */
+  keysDeleted(rkeys: readonly string[]): void {
+    this.dropKeys(rkeys)
+    this.invalidations.keys(rkeys)
+  }
+
+  /** Tags were invalidated; `versions` are their new versions. */
+  tagsInvalidated(versions: Readonly<Record<string, number>>): void {
+    for (const [tag, version] of Object.entries(versions)) this.tags.learn(tag, version)
+    this.dropTagged(new Set(Object.keys(versions)))
+    this.invalidations.tags(versions)
+  }
+
+  /** Every key starting with `prefix` was deleted (a namespace cleared). */
+  prefixCleared(prefix: string): void {
+    this.dropPrefix(prefix)
+    this.invalidations.prefix(prefix)
+  }
+
+  /** The subscriber reconnected: messages may have been lost. */
+  lost(): void {
+    this.reads.clear()
+    this.fills.changedAll()
+    this.tags.forget()
+    this.memory?.clear()
+    this.invalidations.lost()
+  }
+
+  /**
+   * `rkey` was written (`written`: the identity of the entry now stored) or deleted: a shared read
+   * started before must not be joined, a read in flight must not fill memory with anything else,
+   * and memory drops its copy.
+   */
+  dropKey(rkey: string, written?: string): void {
+    this.reads.delete(rkey)
+    this.fills.changed(rkey, written)
+    this.memory?.delete(rkey)
+  }
+
+  dropKeys(rkeys: readonly string[], written?: string): void {
+    for (const rkey of rkeys) this.dropKey(rkey, written)
+  }
+
+  /** Entries carrying one of `tags` are invalid: reads in flight are kept out by the version check. */
+  dropTagged(tags: ReadonlySet<string>): void {
+    this.reads.clear()
+    this.memory?.deleteTagged(tags)
+  }
+
+  dropPrefix(prefix: string): void {
+    this.reads.clear()
+    this.fills.changedAll()
+    this.memory?.deletePrefix(prefix)
   }
 
   /** Deletes keys written after an invalidation this instance heard of only later. */
   undo(rkeys: string[]): void {
-    for (const rkey of rkeys) {
-      this.reads.delete(rkey)
-      this.memory?.delete(rkey)
-    }
+    this.dropKeys(rkeys)
     this.kit.hub
       .exec((redis) => Promise.all(rkeys.map((rkey) => redis.unlink(rkey))))
-      .then(() => {
-        for (const rkey of rkeys) this.reads.delete(rkey)
-        return this.bus.publish({ i: this.bus.id, t: 'keys', k: rkeys })
+      .finally(() => {
+        // A read that started before the UNLINK reached Redis may have put the entry back meanwhile.
+        this.dropKeys(rkeys)
       })
+      .then(() => this.bus.publish({ i: this.bus.id, t: 'keys', k: rkeys }))
       .catch((error: unknown) => {
         this.kit.events.emit('error', { error: error as Error, connection: 'cache' })
       })
@@ -371,20 +411,12 @@ export class CacheEngine {
     if (keys.length === 0) return
     const rkeys = keys.map((key) => this.redisKey(key))
     const core = this.#core
-    core.invalidations.keys(rkeys)
-    const drop = () => {
-      for (const rkey of rkeys) {
-        core.reads.delete(rkey)
-        core.fills.changed(rkey)
-        core.memory?.delete(rkey)
-      }
-    }
-    drop()
+    core.keysDeleted(rkeys)
     try {
       await this.#kit.hub.exec((redis) => Promise.all(rkeys.map((rkey) => redis.unlink(rkey))))
     } finally {
       // A read that started before the UNLINK reached Redis may have put the old entry back meanwhile.
-      drop()
+      core.dropKeys(rkeys)
     }
     await this.#core.bus.publish({ i: this.#core.bus.id, t: 'keys', k: rkeys, d: 1 })
     if (this.#kit.events.has('cache:invalidate')) {
@@ -403,13 +435,13 @@ export class CacheEngine {
   async invalidateTags(tags: readonly string[]): Promise<void> {
     const unique = [...new Set(tags)]
     if (unique.length === 0) return
-    this.#core.memory?.deleteTagged(new Set(unique))
-    const versions = await this.#core.tags.bump(unique)
-    this.#core.invalidations.tags(versions)
-    this.#core.reads.clear()
-    await this.#core.bus.publish({ i: this.#core.bus.id, t: 'tags', v: versions })
+    const core = this.#core
+    core.dropTagged(new Set(unique))
+    const versions = await core.tags.bump(unique)
+    core.tagsInvalidated(versions)
+    await core.bus.publish({ i: core.bus.id, t: 'tags', v: versions })
     // A racing write that read the old version before our INCR may have refilled memory.
-    this.#core.memory?.deleteTagged(new Set(unique))
+    core.dropTagged(new Set(unique))
     if (this.#kit.events.has('cache:invalidate')) {
       this.#kit.events.emit('cache:invalidate', { cache: this.name, tags: unique })
     }
@@ -421,13 +453,7 @@ export class CacheEngine {
    */
   async clear(): Promise<number> {
     const core = this.#core
-    core.invalidations.prefix(this.#base)
-    const drop = () => {
-      core.reads.clear()
-      core.fills.changedAll()
-      core.memory?.deletePrefix(this.#base)
-    }
-    drop()
+    core.prefixCleared(this.#base)
     const pattern = scanPattern(this.#base)
     let removed = 0
     try {
@@ -438,7 +464,7 @@ export class CacheEngine {
       })
     } finally {
       // Reads that started before their key was unlinked may have put old entries back meanwhile.
-      drop()
+      core.dropPrefix(this.#base)
     }
     await this.#core.bus.publish({ i: this.#core.bus.id, t: 'clear', p: this.#base })
     if (this.#kit.events.has('cache:invalidate'))
@@ -933,8 +959,7 @@ export class CacheEngine {
     const identity = entryIdentity(packed)
     const px = Math.max(1, Math.ceil(entry.staleUntil - Date.now()))
     await this.#kit.hub.exec((redis) => redis.set(rkey, packed, 'PX', px))
-    this.#core.reads.delete(rkey)
-    this.#core.fills.changed(rkey, identity)
+    this.#core.dropKey(rkey, identity)
     const until = this.#memory ? this.#core.tags.knownUntil(entry.tags, entry.tagVersions) : 0
     if (this.#memory && until > Date.now()) {
       const item: MemoryItem = unpackEntry(packed) as MemoryItem
@@ -942,7 +967,7 @@ export class CacheEngine {
       // The decoded value is the caller's object: later hits share it (documented: read-only).
       if (decoded) item.decoded = decoded
       this.#memory.set(rkey, item)
-    } else this.#core.memory?.delete(rkey)
+    }
     this.#core.wake(rkey)
     void this.#core.bus.publish({ i: this.#core.bus.id, t: 'keys', k: [rkey], e: identity })
     if (this.#kit.events.has('cache:store')) {

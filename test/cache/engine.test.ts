@@ -392,6 +392,49 @@ describe('cache engine: reads in flight during a delete or clear', () => {
     expect(await kitB.redis.exists(a.redisKey('k'))).toBe(0)
     expect(await a.get('k')).toBeUndefined()
   })
+  it('a read in flight when news from another instance undoes a write does not put it back in memory', async () => {
+    const a = kitA.cache.namespace('undo-inflight')
+    const keys = kitA.keys.module('cache')
+    const channel = keys.key('#bus')
+    const rkey = a.redisKey('k')
+    // Another instance invalidates the tag in Redis; its message comes after this instance's write,
+    // which read the new version for an origin call that started before: the write is undone.
+    const since = a.invalidationMark()
+    await kitB.redis.incr(keys.key('#tags', 'undo-tag'))
+    expect(await a.writeEntry('k', Buffer.from('old'), { freshMs: 60_000, tags: ['undo-tag'], since })).toBe(
+      true,
+    )
+    // A rewrite elsewhere drops the memory copy (the write stays in mind), so the next read asks
+    // Redis. A probe rewritten in Redis alone and named in the same message tells when it landed.
+    await a.writeEntry('probe', Buffer.from('before'), { freshMs: 60_000 })
+    const now = Date.now()
+    const after = packEntry({
+      value: Buffer.from('after'),
+      storedAt: now,
+      freshUntil: now + 60_000,
+      staleUntil: now + 60_000,
+      tags: [],
+      tagVersions: [],
+      computeMs: 0,
+      decoded: undefined,
+      checkedUntil: 0,
+    })
+    await kitB.redis.set(a.redisKey('probe'), after)
+    await kitB.redis.publish(
+      channel,
+      JSON.stringify({ i: 'other', t: 'keys', k: [rkey, a.redisKey('probe')] }),
+    )
+    await eventually(async () => (await a.readEntry('probe'))?.value.toString() === 'after')
+    // The read's GET waits behind a BLPOP on the same connection while the late news arrives and
+    // undoes the write: the GET still finds the entry, the UNLINK follows it.
+    const blocked = kitA.redis.blpop(`${prefix}:never-pushed`, 0.4)
+    const pending = a.readEntry('k')
+    await kitB.redis.publish(channel, JSON.stringify({ i: 'other', t: 'tags', v: { 'undo-tag': 1 } }))
+    await blocked
+    expect((await pending)?.value.toString()).toBe('old')
+    await eventually(async () => (await kitB.redis.exists(rkey)) === 0)
+    expect(await a.readEntry('k')).toBeUndefined()
+  })
 })
 
 describe('cache engine: tag versions', () => {
