@@ -347,6 +347,8 @@ export class CacheEngine {
    * processes (others wait up to `wait` for that result). Within `grace` after expiry the stale
    * value is returned while exactly one background refresh runs; within `staleIfError` the stale
    * value is returned when the factory throws. Redis unavailable: the factory runs (fail open).
+   * A result whose factory was running when this instance learned that the key was deleted or its
+   * namespace cleared is returned but not stored (it may come from the data before).
    *
    * @example
    * const report = await kit.cache.getOrSet('report:daily', () => buildReport(), { ttl: '10m', grace: '1h', tags: ['reports'] })
@@ -499,17 +501,10 @@ export class CacheEngine {
     const tags = options.tags ?? []
     const snapshot = options.snapshot && sameTags(options.snapshot.tags, tags) ? options.snapshot : undefined
     const versions = snapshot ? snapshot.versions : tags.length > 0 ? await this.#core.tags.current(tags) : []
-    const rkey = this.redisKey(key)
-    const since = options.since
-    const log = this.#core.invalidations
-    if (since !== undefined && log.changedSince(since, rkey, tags)) {
-      this.#bypass('invalidated')
-      return false
-    }
     const now = Date.now()
-    await this.#write(
+    return this.#write(
       key,
-      rkey,
+      this.redisKey(key),
       {
         value,
         storedAt: now,
@@ -522,16 +517,8 @@ export class CacheEngine {
         checkedUntil: 0,
       },
       undefined,
+      options.since,
     )
-    if (since === undefined) return true
-    // Learned while the write was on its way: take it back. Later news finds it in the log.
-    if (log.changedSince(since, rkey, tags)) {
-      this.#core.undo([rkey])
-      this.#bypass('invalidated')
-      return false
-    }
-    log.remember(rkey, tags, versions)
-    return true
   }
 
   /**
@@ -850,6 +837,9 @@ export class CacheEngine {
       }
     }
     try {
+      // Taken as the factory starts: a delete or clear this instance learns of afterwards may
+      // have come after the data the factory reads, and then its result is not kept.
+      const since = this.#core.invalidations.mark()
       const started = performance.now()
       let value: T
       try {
@@ -864,7 +854,7 @@ export class CacheEngine {
       }
       if (!down && snapshot) {
         const computeMs = performance.now() - started
-        await this.#storeComputed(key, rkey, value, policy, snapshot, computeMs)
+        await this.#storeComputed(key, rkey, value, policy, snapshot, computeMs, since)
       }
       return value
     } finally {
@@ -894,6 +884,7 @@ export class CacheEngine {
     policy: Policy<T>,
     snapshot: number[],
     computeMs: number,
+    since: InvalidationMark,
   ): Promise<void> {
     try {
       const ttl = typeof policy.ttl === 'function' ? policy.ttl(value) : policy.ttl
@@ -902,7 +893,7 @@ export class CacheEngine {
         return
       }
       const encoded = encode(value, { compressAbove: policy.compressAbove })
-      await this.#storeValue(key, rkey, encoded, ttl, policy, snapshot, computeMs, value)
+      await this.#storeValue(key, rkey, encoded, ttl, policy, snapshot, computeMs, value, since)
     } catch (error) {
       if (isConnectionError(error)) this.#bypass('redis-unavailable')
       else {
@@ -921,6 +912,7 @@ export class CacheEngine {
     snapshot: readonly number[] | undefined,
     computeMs: number,
     value: unknown,
+    since?: InvalidationMark,
   ): Promise<boolean> {
     if (encoded.length > policy.maxSize) {
       this.#bypass('too-large')
@@ -930,7 +922,7 @@ export class CacheEngine {
     const fresh =
       policy.jitter > 0 ? Math.max(1, Math.round(ttlMs * (1 - policy.jitter * Math.random()))) : ttlMs
     const now = Date.now()
-    await this.#write(
+    return this.#write(
       key,
       rkey,
       {
@@ -945,16 +937,28 @@ export class CacheEngine {
         checkedUntil: 0,
       },
       { value },
+      since,
     )
-    return true
   }
 
+  /**
+   * Writes an entry to Redis and memory and tells the other instances. With `since` (a mark taken
+   * before the value was computed) it is skipped when this instance learned after the mark that
+   * the key was deleted, its namespace cleared or one of its tags invalidated, taken back when it
+   * learns so while the write is on its way, and kept in mind for news arriving later.
+   */
   async #write(
     key: string,
     rkey: string,
     entry: StoredEntry,
     decoded: { value: unknown } | undefined,
-  ): Promise<void> {
+    since?: InvalidationMark,
+  ): Promise<boolean> {
+    const log = this.#core.invalidations
+    if (since !== undefined && log.changedSince(since, rkey, entry.tags)) {
+      this.#bypass('invalidated')
+      return false
+    }
     const packed = packEntry(entry)
     const identity = entryIdentity(packed)
     const px = Math.max(1, Math.ceil(entry.staleUntil - Date.now()))
@@ -973,6 +977,15 @@ export class CacheEngine {
     if (this.#kit.events.has('cache:store')) {
       this.#kit.events.emit('cache:store', { cache: this.name, key, bytes: packed.length })
     }
+    if (since === undefined) return true
+    // Learned while the write was on its way: take it back. Later news finds it in the log.
+    if (log.changedSince(since, rkey, entry.tags)) {
+      this.#core.undo([rkey])
+      this.#bypass('invalidated')
+      return false
+    }
+    log.remember(rkey, entry.tags, entry.tagVersions)
+    return true
   }
 
   /** Refreshes in the background, once per key in this process and (lease) across processes. */

@@ -355,6 +355,38 @@ describe('cache engine: invalidation across instances', () => {
     expect(await kitB.cache.get('racy')).toBeUndefined()
   })
 
+  it('a value computed while its key was deleted or cleared, here or elsewhere, is not stored over it', async () => {
+    const ns = (kit: Redkit) => kit.cache.namespace('computed-deleted')
+    const cases: Array<[string, () => Promise<unknown>]> = [
+      ['here', () => ns(kitA).delete('here')],
+      ['elsewhere', () => ns(kitB).delete('elsewhere')],
+      ['cleared', () => ns(kitB).clear()],
+    ]
+    for (const [key, invalidate] of cases) {
+      let calls = 0
+      let started: () => void = () => undefined
+      let release: () => void = () => undefined
+      const running = new Promise<void>((r) => (started = r))
+      const factory = async () => {
+        calls++
+        if (calls === 1) {
+          started()
+          await new Promise<void>((r) => (release = r))
+        }
+        return `v${calls}`
+      }
+      const slow = ns(kitA).getOrSet(key, factory, { ttl: '1m' })
+      await running
+      // The data changed and the key was deleted while the factory had read the old data.
+      await invalidate()
+      release()
+      expect(await slow).toBe('v1')
+      await eventually(async () => (await ns(kitA).get(key)) === undefined)
+      expect(await ns(kitB).get(key)).toBeUndefined()
+      expect(await ns(kitA).getOrSet(key, factory, { ttl: '1m' })).toBe('v2')
+    }
+  })
+
   it('clear() removes the namespace everywhere, by SCAN, and leaves other namespaces', async () => {
     const ns = kitA.cache.namespace('clearme')
     const keep = kitA.cache.namespace('keepme')
