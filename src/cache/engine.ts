@@ -130,6 +130,8 @@ const RELEASE = new LuaScript(
   `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0`,
 )
 const POLL_MS = 50
+/** Keys per UNLINK batch and per bus message when writes are taken back. */
+const UNDO_CHUNK = 500
 
 /** State shared by an engine and all its namespaces: memory tier, bus, tag versions, flights. */
 class CacheCore {
@@ -145,6 +147,8 @@ class CacheCore {
   /** GETs in flight, shared by concurrent readers of one key. */
   readonly reads = new Map<string, Promise<StoredEntry | undefined>>()
   readonly invalidations = new InvalidationLog((rkeys) => this.undo(rkeys))
+  /** When the subscriber connection dropped, while it has not subscribed again. */
+  #downSince: number | undefined
 
   constructor(kit: Redkit, options: ResolvedCacheEngineOptions) {
     this.kit = kit
@@ -159,6 +163,14 @@ class CacheCore {
     )
     void this.bus.start()
     kit.hub.onClose(() => this.bus.stop())
+    if (!kit.hub.closed) {
+      const subscriber = kit.hub.dedicated('subscriber')
+      const down = () => {
+        this.#downSince ??= Date.now()
+      }
+      subscriber.on('close', down)
+      subscriber.on('end', down)
+    }
   }
 
   receive(message: BusMessage): void {
@@ -201,7 +213,8 @@ class CacheCore {
     this.fills.changedAll()
     this.tags.forget()
     this.memory?.clear()
-    this.invalidations.lost()
+    this.invalidations.lost(this.#downSince)
+    this.#downSince = undefined
   }
 
   /**
@@ -231,19 +244,31 @@ class CacheCore {
     this.memory?.deletePrefix(prefix)
   }
 
-  /** Deletes keys written after an invalidation this instance heard of only later. */
-  undo(rkeys: string[]): void {
+  /**
+   * Deletes keys written after an invalidation this instance heard of only later: in batches,
+   * one after the other, each announced in its own message, so that many keys (after the bus
+   * reconnected) make neither one huge pipeline nor one huge message.
+   */
+  undo(rkeys: readonly string[]): void {
     this.dropKeys(rkeys)
-    this.kit.hub
-      .exec((redis) => Promise.all(rkeys.map((rkey) => redis.unlink(rkey))))
-      .finally(() => {
-        // A read that started before the UNLINK reached Redis may have put the entry back meanwhile.
-        this.dropKeys(rkeys)
-      })
-      .then(() => this.bus.publish({ i: this.bus.id, t: 'keys', k: rkeys }))
-      .catch((error: unknown) => {
+    void this.#unlink(rkeys)
+  }
+
+  async #unlink(rkeys: readonly string[]): Promise<void> {
+    for (let i = 0; i < rkeys.length; i += UNDO_CHUNK) {
+      const chunk = rkeys.slice(i, i + UNDO_CHUNK)
+      try {
+        await this.kit.hub.exec((redis) => Promise.all(chunk.map((rkey) => redis.unlink(rkey))))
+      } catch (error) {
+        // The later batches would fail alike.
         this.kit.events.emit('error', { error: error as Error, connection: 'cache' })
-      })
+        return
+      } finally {
+        // A read that started before the UNLINK reached Redis may have put an entry back meanwhile.
+        this.dropKeys(chunk)
+      }
+      await this.bus.publish({ i: this.bus.id, t: 'keys', k: chunk })
+    }
   }
 
   wake(key: string): void {

@@ -14,6 +14,11 @@ const MAX_KNOWN = 10_000
 /** How long, and how many, recent writes are kept: news from other instances arrives well within. */
 const RECENT_MS = 30_000
 const MAX_RECENT = 10_000
+/**
+ * When the bus reconnects, writes remembered from this long before its connection dropped are
+ * undone too: news published just before the drop may have been lost with it.
+ */
+const LOST_MARGIN_MS = 5_000
 
 /**
  * The order in which this instance learned of invalidations (its own, and other instances' over
@@ -91,11 +96,17 @@ export class InvalidationLog {
     this.#undoWhere((w) => w.rkey.startsWith(prefix))
   }
 
-  /** News may have been lost (the bus reconnected): no earlier mark is trusted, recent writes are undone. */
-  lost(): void {
+  /**
+   * News may have been lost (the bus reconnected): no earlier mark is trusted. Writes remembered
+   * from a few seconds before `downSince` (when the subscription dropped) onwards are undone;
+   * news about earlier ones arrived before the drop. Without `downSince` (the subscription came
+   * up late), every recent write is undone.
+   */
+  lost(downSince?: number): void {
     this.#clock++
     this.#floor = this.#clock
-    this.#undoWhere(() => true)
+    const from = downSince === undefined ? Number.NEGATIVE_INFINITY : downSince - LOST_MARGIN_MS
+    this.#undoWhere((w) => w.at >= from)
   }
 
   #tick(map: Map<string, number>): number {
