@@ -398,10 +398,11 @@ export class CacheEngine {
       const graceMs =
         options.grace === undefined ? this.options.graceMs : parseDuration(options.grace, 'grace')
       if (now < entry.freshUntil + graceMs) {
-        // With Redis unavailable a refresh could not be stored: keep serving the stale copy.
-        if (!read.down) this.#refresh(key, rkey, factory, options, entry)
+        // Told before the refresh sends its first command, as a miss is before its computation.
         if (this.#kit.events.has('cache:stale'))
           this.#kit.events.emit('cache:stale', { cache: this.name, key })
+        // With Redis unavailable a refresh could not be stored: keep serving the stale copy.
+        if (!read.down) this.#refresh(key, rkey, factory, options, entry)
         return this.#decode<T>(entry)
       }
     }
@@ -831,10 +832,11 @@ export class CacheEngine {
     if (!down) {
       try {
         snapshot = policy.tags.length > 0 ? await this.#core.tags.current(policy.tags) : []
-        token = await this.acquireLease(key, this.options.leaseMs)
-        if (token === null && background) return undefined as T // another process refreshes it
+        let stored: StoredEntry | undefined
+        ;({ token, stored } = await this.#lease(key, rkey, stale))
         const deadline = Date.now() + this.options.waitMs
-        while (token === null && Date.now() < deadline) {
+        // Lost: wait for the holder's result, unless the read sent with the lease request found it.
+        while (token === null && stored === undefined && !background && Date.now() < deadline) {
           const read = await this.#waitFor(rkey, deadline - Date.now(), key)
           if (read === undefined) break // not delivered in time: compute it ourselves
           if (read !== 'released') {
@@ -842,19 +844,17 @@ export class CacheEngine {
             return this.#decode<T>(read.entry)
           }
           // The holder gave up (its factory failed): take over, unless another waiter did.
-          token = await this.acquireLease(key, this.options.leaseMs)
+          ;({ token, stored } = await this.#lease(key, rkey, stale))
         }
-        // Won, at first or after the holder gave up: another instance may have stored the value and
-        // released its lease since this one read the entry.
-        if (token !== null) {
-          const stored = await this.#storedSince(rkey, stale)
-          if (stored) {
-            void this.releaseLease(key, token)
-            if (background) return undefined as T
-            this.#hit(key, 'l2')
-            return this.#decode<T>(stored)
-          }
+        // Another instance stored the value since this one read the entry: won, it released its
+        // lease in between; lost, it holds it still.
+        if (stored) {
+          if (token !== null) void this.releaseLease(key, token)
+          if (background) return undefined as T
+          this.#hit(key, 'l2')
+          return this.#decode<T>(stored)
         }
+        if (token === null && background) return undefined as T // another process refreshes it
       } catch (error) {
         if (!isConnectionError(error)) throw error
         this.#bypass('redis-unavailable')
@@ -888,9 +888,42 @@ export class CacheEngine {
   }
 
   /**
+   * Asks for the lease to compute `key` and reads the entry once the SET NX has run (see
+   * {@link #storedSince}); on Cluster, only when the lease was won.
+   */
+  async #lease(
+    key: string,
+    rkey: string,
+    stale: StoredEntry | undefined,
+  ): Promise<{ token: string | null; stored: StoredEntry | undefined }> {
+    const leasing = this.acquireLease(key, this.options.leaseMs)
+    // One connection (standalone, Sentinel): the GET sent in the same tick runs right after the
+    // SET NX, as if it had waited for its answer, at no extra round trip. On Cluster the entry and
+    // the lease sit in different slots, maybe on different nodes: only that answer tells.
+    const cluster = this.#kit.hub.kind === 'cluster'
+    const reading = cluster ? undefined : this.#storedSince(rkey, stale)
+    const [lease, read] = await Promise.allSettled([leasing, reading])
+    if (lease.status === 'rejected') throw lease.reason
+    const token = lease.value
+    try {
+      if (read.status === 'rejected') throw read.reason
+      const stored =
+        cluster && token !== null
+          ? await this.#storedSince(rkey, stale)
+          : (read.value as StoredEntry | undefined)
+      return { token, stored }
+    } catch (error) {
+      // Unable to read, this caller will not store its result either: the lease is of no use.
+      if (token !== null) void this.releaseLease(key, token)
+      throw error
+    }
+  }
+
+  /**
    * The fresh copy another instance stored between the read that found this entry missing or
-   * stale and the lease this instance just won (that instance's lease already released), or
-   * `undefined`. Without this read, both would run the factory, one after the other. A copy counts
+   * stale and this instance's lease request (that instance's lease released if this one won it,
+   * still held if not), or `undefined`. Without this read, both would run the factory, one after
+   * the other; or the loser would wait to be told of a value already there. A copy counts
    * when it stays fresh longer than `stale`: compared by expiry, not by `storedAt`, which two
    * stores in one millisecond share, and an early (XFetch) refresh starts from an entry still
    * fresh. A fresh GET, not a shared one: a read in flight may have started before that store.

@@ -191,6 +191,26 @@ describe('cache engine: values', () => {
     expect(Date.now() - started).toBeLessThan(1000)
   })
 
+  it('a miss that loses the lease to a holder whose value is already stored serves it without waiting', async () => {
+    // No wait at all: without the read sent with the lease request, it would compute the value itself.
+    const a = kitA.cache.namespace('lost-lease', { wait: 0 })
+    const b = kitB.cache.namespace('lost-lease')
+    await b.set('source', 'from B', { ttl: '1m' })
+    const fresh = await kitB.redis.getBuffer(b.redisKey('source'))
+    // Another instance computed the value: stored, its lease not yet released.
+    const token = await b.acquireLease('k', 10_000)
+    const off = kitA.on('cache:miss', ({ cache, key }) => {
+      if (cache !== 'lost-lease' || key !== 'k') return
+      off()
+      void kitA.redis.set(a.redisKey('k'), fresh!)
+    })
+    let calls = 0
+    const factory = () => `v${++calls}`
+    expect(await a.getOrSet('k', factory, { ttl: '1m' })).toBe('from B')
+    expect(calls).toBe(0)
+    await b.releaseLease('k', token as string)
+  })
+
   it('a factory that never settles holds its key in this process for one lease only', async () => {
     const e = kitA.cache.namespace('hang', { lease: '200ms', wait: '100ms' })
     const within = <T>(promise: Promise<T>, ms: number) =>
