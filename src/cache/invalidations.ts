@@ -37,6 +37,12 @@ export class InvalidationLog {
   readonly #keys = new Map<string, number>()
   readonly #prefixes = new Map<string, number>()
   #recent: RecentWrite[] = []
+  /**
+   * The keys and tags of recent writes: news naming none of them (the usual case) skips the scan
+   * of up to {@link MAX_RECENT} writes. Rebuilt whenever writes leave the list.
+   */
+  readonly #recentKeys = new Set<string>()
+  readonly #recentTags = new Set<string>()
   readonly #undo: (rkeys: string[]) => void
 
   /** `undo` deletes written keys that news arriving after their write showed to be invalid. */
@@ -65,15 +71,22 @@ export class InvalidationLog {
     // Pruned in batches, once the oldest is half a window past due: pruning whenever it was just
     // due would filter the whole list on nearly every write of a steady stream.
     if (this.#recent.length >= MAX_RECENT || (oldest && oldest.at < now - RECENT_MS * 1.5)) {
-      this.#recent = this.#recent.filter((w) => w.at >= now - RECENT_MS).slice(-MAX_RECENT / 2)
+      this.#keep(this.#recent.filter((w) => w.at >= now - RECENT_MS).slice(-MAX_RECENT / 2))
     }
     this.#recent.push({ rkey, tags, versions, at: now })
+    this.#recentKeys.add(rkey)
+    for (const tag of tags) this.#recentTags.add(tag)
   }
 
   /** Tags were invalidated: `versions` are their new versions. */
   tags(versions: Readonly<Record<string, number>>): void {
     const at = this.#tick(this.#tags)
-    for (const tag of Object.keys(versions)) this.#tags.set(tag, at)
+    let concerned = false
+    for (const tag of Object.keys(versions)) {
+      this.#tags.set(tag, at)
+      if (this.#recentTags.has(tag)) concerned = true
+    }
+    if (!concerned) return
     // A write that read a version at least this new may have read it after the INCR, with an
     // origin call that started before: it is undone. One that read an older version is invalid anyway.
     this.#undoWhere((w) =>
@@ -84,7 +97,12 @@ export class InvalidationLog {
   /** Keys were deleted (purged). */
   keys(rkeys: readonly string[]): void {
     const at = this.#tick(this.#keys)
-    for (const rkey of rkeys) this.#keys.set(rkey, at)
+    let concerned = false
+    for (const rkey of rkeys) {
+      this.#keys.set(rkey, at)
+      if (this.#recentKeys.has(rkey)) concerned = true
+    }
+    if (!concerned) return
     const deleted = new Set(rkeys)
     this.#undoWhere((w) => deleted.has(w.rkey))
   }
@@ -120,12 +138,24 @@ export class InvalidationLog {
 
   #undoWhere(match: (write: RecentWrite) => boolean): void {
     if (this.#recent.length === 0) return
-    const undone: string[] = []
-    this.#recent = this.#recent.filter((w) => {
+    const undone = new Set<string>()
+    const kept = this.#recent.filter((w) => {
       if (!match(w)) return true
-      undone.push(w.rkey)
+      undone.add(w.rkey)
       return false
     })
-    if (undone.length > 0) this.#undo(undone)
+    if (undone.size === 0) return
+    this.#keep(kept)
+    this.#undo([...undone])
+  }
+
+  #keep(recent: RecentWrite[]): void {
+    this.#recent = recent
+    this.#recentKeys.clear()
+    this.#recentTags.clear()
+    for (const w of recent) {
+      this.#recentKeys.add(w.rkey)
+      for (const tag of w.tags) this.#recentTags.add(tag)
+    }
   }
 }
