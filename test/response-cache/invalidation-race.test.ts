@@ -1,28 +1,19 @@
 import type { Express } from 'express'
 import request from 'supertest'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { responseCache } from '../../middleware/response-cache.js'
 import type { Redkit } from '../../src/index.js'
-import { type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/index.js'
-import { appWith, eventually, listen, makeKit, nextStore, sleep } from './setup.js'
+import { appWith, eventually, listen, nextStore, sleep, twoInstances } from './setup.js'
 
-let redis: StandaloneRedis
 let kitA: Redkit
 let kitB: Redkit
 let n = 0
 const path = (name: string) => `/r${++n}/${name}`
 
-beforeAll(async () => {
-  redis = await startRedis()
-  // Two kits with one prefix stand for two instances of one app.
-  const prefix = uniquePrefix('rc-race')
-  kitA = makeKit(redis.url, prefix)
-  kitB = makeKit(redis.url, prefix)
-})
-afterAll(async () => {
-  await kitA.close()
-  await kitB.close()
-  await redis.stop()
+// Two kits with one prefix stand for two instances of one app.
+twoInstances('rc-race', (a, b) => {
+  kitA = a
+  kitB = b
 })
 
 /** A promise and the function that resolves it. */

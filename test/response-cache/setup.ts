@@ -1,7 +1,9 @@
 import type { Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import express, { type Express, type RequestHandler } from 'express'
+import { afterAll, beforeAll } from 'vitest'
 import { createRedkit, type Redkit } from '../../src/index.js'
+import { type StandaloneRedis, startRedis, uniquePrefix } from '../helpers/index.js'
 
 /** A kit on `url` with the given prefix (two kits with one prefix stand for two instances). */
 export function makeKit(url: string, prefix: string): Redkit {
@@ -45,5 +47,24 @@ export function listen(app: Express): Promise<{ server: Server; url: string }> {
     const server = app.listen(0, '127.0.0.1', () => {
       resolve({ server, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` })
     })
+  })
+}
+
+/**
+ * Two kits with one prefix on a server of their own, standing for two instances of one app: started
+ * before the file's tests (`use` receives them) and stopped after them.
+ */
+export function twoInstances(name: string, use: (a: Redkit, b: Redkit) => void): void {
+  let redis: StandaloneRedis | undefined
+  const kits: Redkit[] = []
+  beforeAll(async () => {
+    redis = await startRedis()
+    const prefix = uniquePrefix(name)
+    kits.push(makeKit(redis.url, prefix), makeKit(redis.url, prefix))
+    use(kits[0] as Redkit, kits[1] as Redkit)
+  })
+  afterAll(async () => {
+    for (const kit of kits) await kit.close()
+    await redis?.stop()
   })
 }
